@@ -1,0 +1,1 @@
+//! A pipelined AMQP 0-9-1 load generator.
