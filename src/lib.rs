@@ -1,12 +1,17 @@
 //! ferrymq: one broker core, three wire protocols.
 //!
 //! ```text
+//!  main.rs     flags -> config -> server::run
 //!  server      listeners, "ready", graceful shutdown
-//!  amqp/       AMQP 0-9-1 adapter (amq-protocol frames <-> core commands)
-//!  stomp/      STOMP 1.0-1.2 adapter
-//!  core/       exchanges, queues, bindings, consumers; no wire types
+//!  amqp/       AMQP 0-9-1 adapter (amq-protocol frames <-> core calls)
+//!  stomp/      STOMP 1.0-1.2
+//!  core/       vhosts: exchanges, queues, bindings, consumers; no wire types
 //!  bench       a pipelined load generator for any AMQP broker
 //! ```
 
+pub mod amqp;
 pub mod bench;
+pub mod config;
+pub mod core;
+pub mod server;
 pub mod stomp;

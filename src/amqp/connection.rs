@@ -1,0 +1,140 @@
+//! One task per AMQP connection: read frames, hand them to the session,
+//! turn core events into frames, write in bulk, keep heartbeats.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::AmqpCodec;
+use super::error::CONNECTION_FORCED;
+use super::session::{FRAME_MAX, Session};
+use crate::core::Broker;
+
+/// Events taken from the connection's channel per wake-up.
+const EVENT_BATCH: usize = 512;
+/// Stop reading while this much output waits for a slow client, so a
+/// publisher that never reads its confirms cannot grow our buffers.
+const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
+/// Time a client has to finish the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to answer connection.close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves one AMQP connection until either side closes it.
+pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut session = Session::new(broker, peer, tx);
+    let mut codec = AmqpCodec::new(FRAME_MAX as usize);
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    let mut wbuf = BytesMut::with_capacity(64 * 1024);
+    let mut writing = BytesMut::new();
+    let mut batch = Vec::with_capacity(EVENT_BATCH);
+    let started = Instant::now();
+    let mut last_read = started;
+    let mut last_write = started;
+    let mut close_deadline: Option<Instant> = None;
+    let mut eof = false;
+
+    loop {
+        if writing.is_empty() && !wbuf.is_empty() {
+            std::mem::swap(&mut writing, &mut wbuf);
+            session.after_write();
+        }
+        if session.is_done() && writing.is_empty() {
+            break;
+        }
+        if eof && writing.is_empty() {
+            break;
+        }
+        if session.is_closing() && close_deadline.is_none() {
+            close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+        }
+        let heartbeat = Duration::from_secs(session.heartbeat().into());
+        let deadline = match (close_deadline, heartbeat.is_zero()) {
+            (Some(at), _) => at,
+            _ if session.heartbeat() == 0 && last_read == started => started + HANDSHAKE_TIMEOUT,
+            (None, true) => Instant::now() + Duration::from_secs(3600),
+            (None, false) => (last_write + heartbeat / 2).min(last_read + heartbeat * 2),
+        };
+        let can_read = !eof && !session.is_done() && wbuf.len() < WRITE_HIGH_WATER;
+        tokio::select! {
+            r = wr.write_buf(&mut writing), if !writing.is_empty() => {
+                match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => last_write = Instant::now(),
+                }
+            }
+            r = rd.read_buf(&mut rbuf), if can_read => {
+                match r {
+                    Ok(0) | Err(_) => {
+                        eof = true;
+                        continue;
+                    }
+                    Ok(_) => {}
+                }
+                last_read = Instant::now();
+                loop {
+                    match codec.decode(&mut rbuf) {
+                        Ok(Some(frame)) => {
+                            session.on_frame(frame, &mut wbuf);
+                            codec.set_frame_max(session.frame_max());
+                            if session.is_done() { break; }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::info!(%peer, user = session.user_name(), error = %e, "bad AMQP input");
+                            session.on_codec_error(&e, &mut wbuf);
+                            rbuf.clear();
+                            eof = true;
+                            break;
+                        }
+                    }
+                }
+                session.flush_confirms(&mut wbuf);
+            }
+            n = rx.recv_many(&mut batch, EVENT_BATCH) => {
+                if n == 0 { break; }
+                for event in batch.drain(..) {
+                    session.on_event(event, &mut wbuf);
+                }
+            }
+            () = shutdown.cancelled(), if !session.is_closing() && !session.is_done() => {
+                session.close_connection(CONNECTION_FORCED, "CONNECTION_FORCED - broker shutdown", (0, 0), &mut wbuf);
+                if !session.is_closing() { break; }
+            }
+            () = sleep_until(deadline) => {
+                let now = Instant::now();
+                if close_deadline.is_some_and(|d| now >= d) {
+                    break;
+                }
+                if session.heartbeat() == 0 && last_read == started && now >= started + HANDSHAKE_TIMEOUT {
+                    tracing::info!(%peer, "handshake timed out");
+                    break;
+                }
+                if !heartbeat.is_zero() {
+                    if now >= last_read + heartbeat * 2 {
+                        tracing::info!(%peer, user = session.user_name(), "missed heartbeats from client, closing");
+                        break;
+                    }
+                    if now >= last_write + heartbeat / 2 && wbuf.is_empty() && writing.is_empty() {
+                        super::codec::FrameWriter::heartbeat(&mut wbuf);
+                        last_write = now;
+                    }
+                }
+            }
+        }
+    }
+    session.release();
+    let _ = wr.shutdown().await;
+}

@@ -1,0 +1,212 @@
+//! ferrymq.toml: every key has a default, so no file at all is a valid
+//! configuration. Command-line flags override keys (main.rs).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::core::User;
+
+/// A listener address: `host:port`, or `off`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// Not listening.
+    Off,
+    /// Listening here.
+    On(String),
+}
+
+impl Listen {
+    /// Parses `host:port` or `off`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Self::Off);
+        }
+        match s.rsplit_once(':') {
+            Some((_, port)) if port.parse::<u16>().is_ok() => Ok(Self::On(s.to_owned())),
+            _ => Err(format!("'{s}' is not host:port or off")),
+        }
+    }
+
+    /// The address, when on.
+    pub fn addr(&self) -> Option<&str> {
+        match self {
+            Self::Off => None,
+            Self::On(a) => Some(a),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Listen::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A user as written in the config file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Login name.
+    pub name: String,
+    /// Password.
+    pub password: String,
+    /// Tags such as `administrator`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Only from loopback addresses.
+    #[serde(default)]
+    pub loopback_only: bool,
+    /// Vhosts the user may open; empty means all.
+    #[serde(default)]
+    pub vhosts: Vec<String>,
+}
+
+impl From<UserConfig> for User {
+    fn from(u: UserConfig) -> Self {
+        User {
+            name: u.name,
+            password: u.password,
+            tags: u.tags,
+            loopback_only: u.loopback_only,
+            vhosts: u.vhosts,
+        }
+    }
+}
+
+fn listen(addr: &str) -> Listen {
+    Listen::On(addr.into())
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where durable state lives.
+    pub data_dir: PathBuf,
+    /// AMQP 0-9-1 listener.
+    pub amqp: Listen,
+    /// MQTT listener.
+    pub mqtt: Listen,
+    /// STOMP listener.
+    pub stomp: Listen,
+    /// Management HTTP listener.
+    pub http: Listen,
+    /// AMQP over TLS listener (needs tls_cert and tls_key).
+    pub amqps: Listen,
+    /// MQTT over TLS listener.
+    pub mqtts: Listen,
+    /// STOMP over TLS listener.
+    pub stomps: Listen,
+    /// Server certificate chain, PEM.
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key, PEM.
+    pub tls_key: Option<PathBuf>,
+    /// Largest message body accepted, bytes.
+    pub max_message_bytes: usize,
+    /// Vhosts created at start.
+    pub vhosts: Vec<String>,
+    /// Users; guest/guest (loopback only) when none are configured.
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            amqp: listen("0.0.0.0:5672"),
+            mqtt: listen("0.0.0.0:1883"),
+            stomp: listen("0.0.0.0:61613"),
+            http: listen("0.0.0.0:15672"),
+            amqps: listen("0.0.0.0:5671"),
+            mqtts: listen("0.0.0.0:8883"),
+            stomps: listen("0.0.0.0:61614"),
+            tls_cert: None,
+            tls_key: None,
+            max_message_bytes: 16 * 1024 * 1024,
+            vhosts: vec!["/".into()],
+            users: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("bad config {}: {}", path.display(), e.message()))
+    }
+
+    /// The users to serve: the configured ones, or guest from loopback.
+    pub fn effective_users(&self) -> Vec<User> {
+        if self.users.is_empty() {
+            return vec![User {
+                name: "guest".into(),
+                password: "guest".into(),
+                tags: vec!["administrator".into()],
+                loopback_only: true,
+                vhosts: Vec::new(),
+            }];
+        }
+        self.users.iter().cloned().map(User::from).collect()
+    }
+
+    /// A configuration for tests: every listener on an ephemeral loopback port.
+    pub fn ephemeral() -> Self {
+        let any = listen("127.0.0.1:0");
+        Self {
+            amqp: any.clone(),
+            mqtt: any.clone(),
+            stomp: any.clone(),
+            http: any,
+            amqps: Listen::Off,
+            mqtts: Listen::Off,
+            stomps: Listen::Off,
+            ..Self::default()
+        }
+    }
+}
+
+/// Resolves `host:port` to socket addresses.
+pub fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("no address for {addr}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_file_matches_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ferrymq.toml");
+        assert_eq!(
+            Config::load(&path).expect("config/ferrymq.toml parses"),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn listen_accepts_host_port_and_off() {
+        assert_eq!(Listen::parse("off"), Ok(Listen::Off));
+        assert_eq!(
+            Listen::parse("[::1]:5672"),
+            Ok(Listen::On("[::1]:5672".into()))
+        );
+        assert!(Listen::parse("5672").is_err());
+        assert!(Listen::parse("host:port").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("amqp_port = 1").is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! Messages as the core sees them: a shared body, normalised properties and
+//! a header map. Adapters map their wire properties onto these once, at the edge.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+use bytes::Bytes;
+
+use super::names::{ExchangeName, RoutingKey};
+
+/// A header value. The variants keep the integer widths AMQP tables carry so
+/// a message read back over AMQP has the types its publisher wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// No value.
+    Void,
+    /// A boolean.
+    Bool(bool),
+    /// Signed 8-bit.
+    I8(i8),
+    /// Unsigned 8-bit.
+    U8(u8),
+    /// Signed 16-bit.
+    I16(i16),
+    /// Unsigned 16-bit.
+    U16(u16),
+    /// Signed 32-bit.
+    I32(i32),
+    /// Unsigned 32-bit.
+    U32(u32),
+    /// Signed 64-bit.
+    I64(i64),
+    /// 32-bit float.
+    F32(f32),
+    /// 64-bit float.
+    F64(f64),
+    /// A decimal: value × 10^-scale.
+    Decimal {
+        /// Digits after the point.
+        scale: u8,
+        /// Unscaled value.
+        value: u32,
+    },
+    /// A text string.
+    Str(String),
+    /// Raw bytes.
+    Bytes(Bytes),
+    /// Seconds since the Unix epoch.
+    Timestamp(u64),
+    /// A list.
+    Array(Vec<Value>),
+    /// A nested map.
+    Table(Headers),
+}
+
+impl Value {
+    /// The value as text when it is a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            Value::Bytes(b) => std::str::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as an integer when it is any integer type.
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            Value::I8(v) => Some(v.into()),
+            Value::U8(v) => Some(v.into()),
+            Value::I16(v) => Some(v.into()),
+            Value::U16(v) => Some(v.into()),
+            Value::I32(v) => Some(v.into()),
+            Value::U32(v) => Some(v.into()),
+            Value::I64(v) => Some(v),
+            Value::Timestamp(v) => i64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a boolean, accepting "true"/"false" strings as AMQP
+    /// clients that cannot send booleans in headers do.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            Value::Str(s) => match s.as_str() {
+                "true" => Some(true),
+                "false" => Some(false),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Header map; ordered so that records and snapshots are deterministic.
+pub type Headers = BTreeMap<String, Value>;
+
+/// The properties every protocol can express, plus headers for the rest.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Properties {
+    /// MIME content type.
+    pub content_type: Option<String>,
+    /// MIME content encoding.
+    pub content_encoding: Option<String>,
+    /// Application headers and properties with no named counterpart.
+    pub headers: Headers,
+    /// Survives a broker restart when routed to a durable queue.
+    pub persistent: bool,
+    /// Priority 0-255 (queues honour up to their x-max-priority).
+    pub priority: Option<u8>,
+    /// Request/response correlation.
+    pub correlation_id: Option<String>,
+    /// Where replies go.
+    pub reply_to: Option<String>,
+    /// Per-message TTL in milliseconds, as a decimal string (RabbitMQ's form).
+    pub expiration: Option<String>,
+    /// Application message id.
+    pub message_id: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub timestamp: Option<u64>,
+    /// Application message type.
+    pub kind: Option<String>,
+    /// Authenticated user id claimed by the publisher.
+    pub user_id: Option<String>,
+    /// Publishing application.
+    pub app_id: Option<String>,
+    /// Deprecated AMQP cluster id, kept so it round-trips.
+    pub cluster_id: Option<String>,
+}
+
+impl Properties {
+    /// The per-message TTL, if the expiration is a valid millisecond count.
+    pub fn ttl_millis(&self) -> Option<u64> {
+        self.expiration.as_deref().and_then(|e| e.parse().ok())
+    }
+}
+
+/// One message. Cloning shares everything: a fan-out to N queues copies a
+/// pointer N times, never the body.
+#[derive(Clone, Debug)]
+pub struct Message(Arc<MessageData>);
+
+/// The contents of a message.
+#[derive(Debug)]
+pub struct MessageData {
+    /// The exchange it was published to.
+    pub exchange: ExchangeName,
+    /// The key it was published with.
+    pub routing_key: RoutingKey,
+    /// Properties and headers.
+    pub properties: Properties,
+    /// The body, shared.
+    pub body: Bytes,
+    /// When the broker accepted it; drives per-message TTL.
+    pub received: Instant,
+}
+
+impl Message {
+    /// Builds a message received now.
+    pub fn new(
+        exchange: ExchangeName,
+        routing_key: RoutingKey,
+        properties: Properties,
+        body: Bytes,
+    ) -> Self {
+        Self(Arc::new(MessageData {
+            exchange,
+            routing_key,
+            properties,
+            body,
+            received: Instant::now(),
+        }))
+    }
+
+    /// The exchange it was published to.
+    pub fn exchange(&self) -> &ExchangeName {
+        &self.0.exchange
+    }
+    /// The key it was published with.
+    pub fn routing_key(&self) -> &RoutingKey {
+        &self.0.routing_key
+    }
+    /// Properties and headers.
+    pub fn properties(&self) -> &Properties {
+        &self.0.properties
+    }
+    /// The body.
+    pub fn body(&self) -> &Bytes {
+        &self.0.body
+    }
+    /// Bytes a queue accounts for this message (body only, as RabbitMQ's
+    /// x-max-length-bytes does).
+    pub fn size(&self) -> usize {
+        self.0.body.len()
+    }
+    /// When the broker accepted it.
+    pub fn received(&self) -> Instant {
+        self.0.received
+    }
+
+    /// A copy with other routing and properties; the body stays shared.
+    pub fn rerouted(
+        &self,
+        exchange: ExchangeName,
+        routing_key: RoutingKey,
+        properties: Properties,
+    ) -> Self {
+        Self(Arc::new(MessageData {
+            exchange,
+            routing_key,
+            properties,
+            body: self.0.body.clone(),
+            received: Instant::now(),
+        }))
+    }
+}

@@ -1,0 +1,100 @@
+//! The broker core: vhosts with exchanges, queues, bindings and consumers.
+//! It knows no wire format; adapters turn frames into calls on `VHost` and
+//! turn `Event`s back into frames.
+
+pub mod auth;
+pub mod change;
+pub mod delivery;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod names;
+pub mod pattern;
+pub mod queue;
+pub mod vhost;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+pub use auth::{AuthError, User, Users};
+pub use change::{Change, ChangeLog, NoLog};
+pub use delivery::{Delivery, Event, EventSink, Settle};
+pub use error::{CoreError, CoreResult};
+pub use message::{Headers, Message, Properties, Value};
+pub use names::*;
+pub use vhost::{PublishOutcome, VHost};
+
+/// Limits every adapter enforces.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest message body accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// The whole broker: vhosts and users.
+#[derive(Debug)]
+pub struct Broker {
+    vhosts: RwLock<HashMap<VHostName, Arc<VHost>>>,
+    /// Who may log in.
+    pub users: Users,
+    /// Limits for adapters.
+    pub limits: Limits,
+    journal: Arc<dyn ChangeLog>,
+}
+
+impl Broker {
+    /// A broker with the given vhosts and users.
+    pub fn new(
+        vhosts: &[&str],
+        users: Users,
+        limits: Limits,
+        journal: Arc<dyn ChangeLog>,
+    ) -> Arc<Self> {
+        let broker = Self {
+            vhosts: RwLock::new(HashMap::new()),
+            users,
+            limits,
+            journal,
+        };
+        for v in vhosts {
+            broker.add_vhost(v);
+        }
+        Arc::new(broker)
+    }
+
+    /// Adds a vhost (no-op if it exists).
+    pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
+        let mut vhosts = self.vhosts.write().unwrap_or_else(|p| p.into_inner());
+        vhosts
+            .entry(VHostName::from(name))
+            .or_insert_with(|| VHost::new(name.into(), self.journal.clone()))
+            .clone()
+    }
+
+    /// Looks up a vhost.
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// All vhosts.
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        self.vhosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}

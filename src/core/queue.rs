@@ -1,0 +1,939 @@
+//! A queue: ready messages in order, deliveries awaiting settlement, and
+//! consumers with credit.
+//!
+//! Each queue's state sits behind its own `std::sync::Mutex`, held only for
+//! short sections and never across `.await`. A lock rather than a task per
+//! queue: a publish delivers straight to a waiting consumer's channel in the
+//! publisher's own task, with no hop through a mailbox and no wake-up of a
+//! queue task (benches/queue.rs measures both paths). No code holds two
+//! queue locks at once: dead letters are collected under the lock and routed
+//! by the vhost after it is released (see docs/architecture.md).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use tokio::sync::Notify;
+
+use super::delivery::{Delivery, Event, EventSink, Settle};
+use super::error::{CoreError, CoreResult};
+use super::message::{Headers, Message, Value};
+use super::names::{
+    ConnectionId, ConsumerId, ConsumerTag, DeliveryId, ExchangeName, QueueName, RoutingKey,
+};
+
+/// How many deliveries a consumer may have sent to its connection but not
+/// yet written to the socket. This, not the prefetch, bounds memory for a
+/// consumer that stops reading: TCP back-pressure stops the writes, the
+/// window fills, the queue keeps the rest.
+pub const SEND_WINDOW: u32 = 1024;
+
+/// What to do when a queue is full (`x-overflow`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop (dead-letter) the oldest message to make room.
+    DropHead,
+    /// Refuse the new message; publishers with confirms get a nack.
+    RejectPublish,
+    /// Refuse the new message and dead-letter it.
+    RejectPublishDlx,
+}
+
+/// A queue's arguments, parsed and checked once at declaration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueArgs {
+    /// `x-message-ttl`, milliseconds.
+    pub message_ttl: Option<u64>,
+    /// `x-expires`, milliseconds of disuse before the queue deletes itself.
+    pub expires: Option<u64>,
+    /// `x-max-length`, messages.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`, body bytes.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow`.
+    pub overflow: Overflow,
+    /// `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<ExchangeName>,
+    /// `x-dead-letter-routing-key`.
+    pub dead_letter_routing_key: Option<RoutingKey>,
+    /// `x-max-priority`.
+    pub max_priority: Option<u8>,
+    /// `x-single-active-consumer`.
+    pub single_active_consumer: bool,
+}
+
+impl Default for QueueArgs {
+    fn default() -> Self {
+        Self {
+            message_ttl: None,
+            expires: None,
+            max_length: None,
+            max_length_bytes: None,
+            overflow: Overflow::DropHead,
+            dead_letter_exchange: None,
+            dead_letter_routing_key: None,
+            max_priority: None,
+            single_active_consumer: false,
+        }
+    }
+}
+
+fn non_negative(args: &Headers, key: &str) -> CoreResult<Option<u64>> {
+    match args.get(key) {
+        None => Ok(None),
+        Some(v) => match v.as_i64() {
+            Some(n) if n >= 0 => Ok(Some(n as u64)),
+            _ => Err(CoreError::InvalidArgument(format!(
+                "invalid arg '{key}' for queue: {v:?}"
+            ))),
+        },
+    }
+}
+
+impl QueueArgs {
+    /// Parses `x-` arguments as RabbitMQ does: unknown keys are kept but
+    /// ignored, known keys with a bad value are refused.
+    pub fn parse(args: &Headers) -> CoreResult<Self> {
+        let text = |key: &str| -> CoreResult<Option<String>> {
+            match args.get(key) {
+                None => Ok(None),
+                Some(v) => v.as_str().map(|s| Some(s.to_owned())).ok_or_else(|| {
+                    CoreError::InvalidArgument(format!("invalid arg '{key}' for queue: {v:?}"))
+                }),
+            }
+        };
+        let expires = non_negative(args, "x-expires")?;
+        if expires == Some(0) {
+            return Err(CoreError::InvalidArgument(
+                "invalid arg 'x-expires' for queue: must be positive".into(),
+            ));
+        }
+        let overflow = match text("x-overflow")?.as_deref() {
+            None | Some("drop-head") => Overflow::DropHead,
+            Some("reject-publish") => Overflow::RejectPublish,
+            Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+            Some(other) => {
+                return Err(CoreError::InvalidArgument(format!(
+                    "invalid arg 'x-overflow' for queue: {other}"
+                )));
+            }
+        };
+        let max_priority = match non_negative(args, "x-max-priority")? {
+            None => None,
+            Some(p) if p <= 255 => Some(p as u8),
+            Some(p) => {
+                return Err(CoreError::InvalidArgument(format!(
+                    "invalid arg 'x-max-priority' for queue: {p} is above 255"
+                )));
+            }
+        };
+        let single_active_consumer = match args.get("x-single-active-consumer") {
+            None => false,
+            Some(v) => v.as_bool().ok_or_else(|| {
+                CoreError::InvalidArgument(format!(
+                    "invalid arg 'x-single-active-consumer' for queue: {v:?}"
+                ))
+            })?,
+        };
+        Ok(Self {
+            message_ttl: non_negative(args, "x-message-ttl")?,
+            expires,
+            max_length: non_negative(args, "x-max-length")?,
+            max_length_bytes: non_negative(args, "x-max-length-bytes")?,
+            overflow,
+            dead_letter_exchange: text("x-dead-letter-exchange")?.map(ExchangeName::from),
+            dead_letter_routing_key: text("x-dead-letter-routing-key")?.map(RoutingKey::from),
+            max_priority,
+            single_active_consumer,
+        })
+    }
+}
+
+/// A queue's declared shape.
+#[derive(Clone, Debug)]
+pub struct QueueSpec {
+    /// Its name.
+    pub name: QueueName,
+    /// Survives a restart.
+    pub durable: bool,
+    /// Owned by one connection, deleted with it.
+    pub exclusive: Option<ConnectionId>,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// The arguments as declared, for comparison on redeclare.
+    pub arguments: Headers,
+}
+
+/// Why a message left a queue for its dead-letter exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadReason {
+    /// A consumer rejected it without requeue.
+    Rejected,
+    /// Its TTL ran out.
+    Expired,
+    /// The queue was over its length limit.
+    MaxLen,
+}
+
+impl DeadReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::Rejected => "rejected",
+            DeadReason::Expired => "expired",
+            DeadReason::MaxLen => "maxlen",
+        }
+    }
+}
+
+/// A message to republish to a dead-letter exchange once the queue's lock
+/// is released.
+#[derive(Debug)]
+pub struct DeadLetter {
+    /// Where it goes.
+    pub exchange: ExchangeName,
+    /// The message, with its `x-death` history updated.
+    pub message: Message,
+}
+
+/// What enqueueing one message did.
+#[derive(Debug, Default)]
+pub struct Enqueued {
+    /// The queue refused it (x-overflow reject-publish).
+    pub rejected: bool,
+    /// Messages pushed out to dead-letter.
+    pub dead: Vec<DeadLetter>,
+}
+
+/// One handed-out message returned by `get`.
+#[derive(Debug)]
+pub struct Got {
+    /// Settle with this.
+    pub id: DeliveryId,
+    /// The message.
+    pub message: Message,
+    /// Handed out before.
+    pub redelivered: bool,
+    /// Messages left ready.
+    pub remaining: usize,
+}
+
+/// Shared prefetch across one group of consumers (AMQP's `global` qos).
+#[derive(Debug, Default)]
+pub struct SharedCredit {
+    /// Maximum unacknowledged deliveries; 0 is unlimited.
+    pub limit: AtomicU32,
+    used: AtomicU32,
+}
+
+impl SharedCredit {
+    fn available(&self) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        limit == 0 || self.used.load(Ordering::Relaxed) < limit
+    }
+}
+
+/// What a consumer asks for.
+#[derive(Debug)]
+pub struct ConsumerSpec {
+    /// Broker-wide id, chosen by the adapter with `names::next_id`.
+    pub id: ConsumerId,
+    /// The tag its client knows it by.
+    pub tag: ConsumerTag,
+    /// Deliveries must be settled (else they count as done when sent).
+    pub manual_ack: bool,
+    /// Maximum unsettled deliveries; 0 is unlimited.
+    pub prefetch: u32,
+    /// Higher priorities get messages first.
+    pub priority: i32,
+    /// No other consumer may share the queue.
+    pub exclusive: bool,
+    /// The owning connection.
+    pub owner: ConnectionId,
+    /// Credit shared with sibling consumers, if any.
+    pub shared_credit: Option<Arc<SharedCredit>>,
+    /// Where deliveries go.
+    pub sink: EventSink,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    spec: ConsumerSpec,
+    unacked: u32,
+    unsent: u32,
+}
+
+impl Consumer {
+    fn has_credit(&self) -> bool {
+        let own = self.spec.prefetch == 0 || self.unacked < self.spec.prefetch;
+        own && self.unsent < SEND_WINDOW
+            && self
+                .spec
+                .shared_credit
+                .as_ref()
+                .is_none_or(|c| c.available())
+            && !self.spec.sink.is_closed()
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    message: Message,
+    expires_at: Option<Instant>,
+    deliveries: u32,
+}
+
+#[derive(Debug)]
+struct Unacked {
+    key: ReadyKey,
+    entry: Entry,
+    consumer: Option<ConsumerId>,
+}
+
+/// Ready messages sort by priority rank (0 = highest), then arrival, so a
+/// requeued message returns to exactly where it was.
+type ReadyKey = (u8, u64);
+
+#[derive(Debug)]
+struct State {
+    ready: BTreeMap<ReadyKey, Entry>,
+    ready_bytes: u64,
+    next_seq: u64,
+    unacked: HashMap<DeliveryId, Unacked>,
+    next_delivery: u64,
+    consumers: Vec<Consumer>,
+    rr: usize,
+    deleted: bool,
+    had_consumers: bool,
+    last_used: Instant,
+}
+
+/// One queue. Shared as `Arc<Queue>` by the vhost, the routes snapshot and
+/// the deliveries in flight.
+#[derive(Debug)]
+pub struct Queue {
+    me: Weak<Queue>,
+    spec: QueueSpec,
+    args: QueueArgs,
+    state: Mutex<State>,
+    /// Woken when the next deadline (TTL, x-expires) may have moved earlier.
+    pub(crate) timer: Notify,
+}
+
+/// What a settle, cancel or expiry left for the vhost to finish outside the lock.
+#[derive(Debug, Default)]
+pub struct Aftermath {
+    /// Dead letters to route.
+    pub dead: Vec<DeadLetter>,
+    /// The queue should now be deleted (auto-delete after its last consumer).
+    pub delete_queue: bool,
+}
+
+impl Queue {
+    /// Creates an empty queue.
+    pub fn new(spec: QueueSpec, args: QueueArgs) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            spec,
+            args,
+            state: Mutex::new(State {
+                ready: BTreeMap::new(),
+                ready_bytes: 0,
+                next_seq: 0,
+                unacked: HashMap::new(),
+                next_delivery: 1,
+                consumers: Vec::new(),
+                rr: 0,
+                deleted: false,
+                had_consumers: false,
+                last_used: Instant::now(),
+            }),
+            timer: Notify::new(),
+        })
+    }
+
+    fn self_arc(&self) -> Arc<Queue> {
+        self.me.upgrade().expect("a queue in use is held by an Arc")
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic under this lock is a broker bug; the state it guards is
+        // still structurally valid, so keep serving rather than poisoning
+        // every later publish.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &QueueName {
+        &self.spec.name
+    }
+    /// Its declared shape.
+    pub fn spec(&self) -> &QueueSpec {
+        &self.spec
+    }
+    /// Its parsed arguments.
+    pub fn args(&self) -> &QueueArgs {
+        &self.args
+    }
+
+    /// Ready messages.
+    pub fn message_count(&self) -> usize {
+        self.lock().ready.len()
+    }
+    /// Handed-out messages awaiting settlement.
+    pub fn unacked_count(&self) -> usize {
+        self.lock().unacked.len()
+    }
+    /// Body bytes of the ready messages.
+    pub fn ready_bytes(&self) -> u64 {
+        self.lock().ready_bytes
+    }
+    /// Consumers attached.
+    pub fn consumer_count(&self) -> usize {
+        self.lock().consumers.len()
+    }
+    /// Whether the queue has been deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.lock().deleted
+    }
+
+    fn rank(&self, message: &Message) -> u8 {
+        match self.args.max_priority {
+            None => 0,
+            Some(max) => max - message.properties().priority.unwrap_or(0).min(max),
+        }
+    }
+
+    fn expiry(&self, message: &Message) -> Option<Instant> {
+        let ttl = match (self.args.message_ttl, message.properties().ttl_millis()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }?;
+        Some(message.received() + Duration::from_millis(ttl))
+    }
+
+    /// Appends a message, enforces the length limits, and hands it to a
+    /// consumer if one has credit.
+    pub fn enqueue(&self, message: Message) -> Enqueued {
+        let mut out = Enqueued::default();
+        let expires_at = self.expiry(&message);
+        let now = Instant::now();
+        if expires_at.is_some_and(|t| t <= now) {
+            // A zero TTL: deliverable only to a consumer that can take it now.
+            let mut st = self.lock();
+            if st.deleted {
+                return out;
+            }
+            let entry = Entry {
+                message,
+                expires_at: None,
+                deliveries: 0,
+            };
+            let key = (self.rank(&entry.message), st.next_seq);
+            st.next_seq += 1;
+            self.hand_to_consumer(&mut st, key, entry, &mut out.dead);
+            return out;
+        }
+        let mut st = self.lock();
+        if st.deleted {
+            return out;
+        }
+        let size = message.size() as u64;
+        if self.args.overflow != Overflow::DropHead && self.would_overflow(&st, size) {
+            out.rejected = true;
+            if self.args.overflow == Overflow::RejectPublishDlx {
+                self.dead_letter(message, DeadReason::MaxLen, &mut out.dead);
+            }
+            return out;
+        }
+        let key = (self.rank(&message), st.next_seq);
+        st.next_seq += 1;
+        st.ready_bytes += size;
+        st.ready.insert(
+            key,
+            Entry {
+                message,
+                expires_at,
+                deliveries: 0,
+            },
+        );
+        if self.args.overflow == Overflow::DropHead {
+            while self.over_limit(&st) {
+                let Some((_, head)) = st.ready.pop_first() else {
+                    break;
+                };
+                st.ready_bytes -= head.message.size() as u64;
+                self.dead_letter(head.message, DeadReason::MaxLen, &mut out.dead);
+            }
+        }
+        self.dispatch(&mut st, &mut out.dead);
+        if expires_at.is_some() && st.ready.len() == 1 {
+            self.timer.notify_one();
+        }
+        out
+    }
+
+    fn would_overflow(&self, st: &State, incoming: u64) -> bool {
+        self.args
+            .max_length
+            .is_some_and(|m| st.ready.len() as u64 >= m)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|m| st.ready_bytes + incoming > m)
+    }
+
+    fn over_limit(&self, st: &State) -> bool {
+        self.args
+            .max_length
+            .is_some_and(|m| st.ready.len() as u64 > m)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|m| st.ready_bytes > m)
+    }
+
+    /// Places a zero-TTL message directly, or dead-letters it as expired.
+    fn hand_to_consumer(
+        &self,
+        st: &mut State,
+        key: ReadyKey,
+        entry: Entry,
+        dead: &mut Vec<DeadLetter>,
+    ) {
+        if st.ready.is_empty()
+            && let Some(idx) = self.pick_consumer(st)
+        {
+            self.deliver_to(st, idx, key, entry);
+            return;
+        }
+        self.dead_letter(entry.message, DeadReason::Expired, dead);
+    }
+
+    /// Index of the consumer that gets the next message: the highest
+    /// priority level with credit, round-robin within it; with single
+    /// active consumer only the first consumer counts.
+    fn pick_consumer(&self, st: &mut State) -> Option<usize> {
+        if st.consumers.is_empty() {
+            return None;
+        }
+        if self.args.single_active_consumer {
+            return st.consumers[0].has_credit().then_some(0);
+        }
+        let n = st.consumers.len();
+        let mut best: Option<(i32, usize)> = None;
+        for step in 0..n {
+            let i = (st.rr + step) % n;
+            let c = &st.consumers[i];
+            if c.has_credit() && best.is_none_or(|(p, _)| c.spec.priority > p) {
+                best = Some((c.spec.priority, i));
+            }
+        }
+        let (_, i) = best?;
+        st.rr = (i + 1) % n;
+        Some(i)
+    }
+
+    fn deliver_to(&self, st: &mut State, idx: usize, key: ReadyKey, mut entry: Entry) {
+        let redelivered = entry.deliveries > 0;
+        let delivery_count = entry.deliveries;
+        entry.deliveries += 1;
+        let id = DeliveryId(st.next_delivery);
+        st.next_delivery += 1;
+        let consumer = &mut st.consumers[idx];
+        consumer.unsent += 1;
+        let consumer_id = consumer.spec.id;
+        let message = entry.message.clone();
+        if consumer.spec.manual_ack {
+            consumer.unacked += 1;
+            if let Some(shared) = &consumer.spec.shared_credit {
+                shared.used.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let _ = consumer.spec.sink.send(Event::Deliver(Delivery {
+            consumer: consumer_id,
+            queue: self.self_arc(),
+            id,
+            message,
+            redelivered,
+            delivery_count,
+        }));
+        if st.consumers[idx].spec.manual_ack {
+            st.unacked.insert(
+                id,
+                Unacked {
+                    key,
+                    entry,
+                    consumer: Some(consumer_id),
+                },
+            );
+        }
+    }
+
+    /// Hands ready messages to consumers while any has credit.
+    fn dispatch(&self, st: &mut State, dead: &mut Vec<DeadLetter>) {
+        if st.consumers.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        while !st.ready.is_empty() {
+            let Some(idx) = self.pick_consumer(st) else {
+                return;
+            };
+            let Some((key, entry)) = st.ready.pop_first() else {
+                return;
+            };
+            st.ready_bytes -= entry.message.size() as u64;
+            if entry.expires_at.is_some_and(|t| t <= now) {
+                self.dead_letter(entry.message, DeadReason::Expired, dead);
+                continue;
+            }
+            self.deliver_to(st, idx, key, entry);
+        }
+    }
+
+    /// Attaches a consumer and starts delivering to it.
+    pub fn consume(&self, spec: ConsumerSpec) -> CoreResult<Aftermath> {
+        let mut st = self.lock();
+        if st.deleted {
+            return Err(CoreError::NotFound(format!(
+                "no queue '{}'",
+                self.spec.name
+            )));
+        }
+        if spec.exclusive && !st.consumers.is_empty()
+            || st.consumers.iter().any(|c| c.spec.exclusive)
+        {
+            return Err(CoreError::AccessRefused(format!(
+                "queue '{}' in exclusive use",
+                self.spec.name
+            )));
+        }
+        st.consumers.push(Consumer {
+            spec,
+            unacked: 0,
+            unsent: 0,
+        });
+        st.had_consumers = true;
+        st.last_used = Instant::now();
+        let mut after = Aftermath::default();
+        self.dispatch(&mut st, &mut after.dead);
+        Ok(after)
+    }
+
+    /// Detaches a consumer. Its unsettled deliveries stay with its owner
+    /// until settled or the owner goes.
+    pub fn cancel(&self, id: ConsumerId) -> Aftermath {
+        let mut st = self.lock();
+        let mut after = Aftermath::default();
+        let before = st.consumers.len();
+        st.consumers.retain(|c| c.spec.id != id);
+        if st.consumers.len() != before {
+            st.last_used = Instant::now();
+            if st.consumers.is_empty() && self.spec.auto_delete && st.had_consumers {
+                after.delete_queue = true;
+            } else {
+                // With single active consumer the next in line takes over.
+                self.dispatch(&mut st, &mut after.dead);
+            }
+            if self.args.expires.is_some() {
+                self.timer.notify_one();
+            }
+        }
+        after
+    }
+
+    /// Reports that `n` deliveries to a consumer reached its socket, which
+    /// reopens its send window.
+    pub fn sent(&self, consumer: ConsumerId, n: u32) -> Aftermath {
+        let mut st = self.lock();
+        let mut after = Aftermath::default();
+        if let Some(c) = st.consumers.iter_mut().find(|c| c.spec.id == consumer) {
+            let was_full = c.unsent >= SEND_WINDOW;
+            c.unsent = c.unsent.saturating_sub(n);
+            if was_full {
+                self.dispatch(&mut st, &mut after.dead);
+            }
+        }
+        after
+    }
+
+    /// Changes a consumer's prefetch (AMQP basic.qos after consume).
+    pub fn set_prefetch(&self, consumer: ConsumerId, prefetch: u32) -> Aftermath {
+        let mut st = self.lock();
+        if let Some(c) = st.consumers.iter_mut().find(|c| c.spec.id == consumer) {
+            c.spec.prefetch = prefetch;
+        }
+        let mut after = Aftermath::default();
+        self.dispatch(&mut st, &mut after.dead);
+        after
+    }
+
+    /// Tries delivering again: credit shared with consumers of other
+    /// queues may have been returned.
+    pub fn kick(&self) -> Aftermath {
+        let mut st = self.lock();
+        let mut after = Aftermath::default();
+        self.dispatch(&mut st, &mut after.dead);
+        after
+    }
+
+    /// Settles handed-out messages. Unknown ids are ignored here; adapters
+    /// check their own delivery tags before calling.
+    pub fn settle(&self, ids: &[DeliveryId], how: Settle) -> Aftermath {
+        let mut st = self.lock();
+        let mut after = Aftermath::default();
+        for id in ids {
+            let Some(u) = st.unacked.remove(id) else {
+                continue;
+            };
+            if let Some(cid) = u.consumer
+                && let Some(c) = st.consumers.iter_mut().find(|c| c.spec.id == cid)
+            {
+                c.unacked = c.unacked.saturating_sub(1);
+                if let Some(shared) = &c.spec.shared_credit {
+                    let _ = shared
+                        .used
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                            Some(v.saturating_sub(1))
+                        });
+                }
+            }
+            if st.deleted {
+                continue;
+            }
+            match how {
+                Settle::Ack => {}
+                Settle::Requeue => {
+                    st.ready_bytes += u.entry.message.size() as u64;
+                    st.ready.insert(u.key, u.entry);
+                }
+                Settle::Discard => {
+                    self.dead_letter(u.entry.message, DeadReason::Rejected, &mut after.dead)
+                }
+            }
+        }
+        if !st.deleted {
+            self.dispatch(&mut st, &mut after.dead);
+        }
+        after
+    }
+
+    /// Takes one message for a client that polls (AMQP basic.get).
+    pub fn get(&self, manual_ack: bool) -> (Option<Got>, Aftermath) {
+        let mut st = self.lock();
+        let mut after = Aftermath::default();
+        st.last_used = Instant::now();
+        let now = Instant::now();
+        while let Some((key, mut entry)) = st.ready.pop_first() {
+            st.ready_bytes -= entry.message.size() as u64;
+            if entry.expires_at.is_some_and(|t| t <= now) {
+                self.dead_letter(entry.message, DeadReason::Expired, &mut after.dead);
+                continue;
+            }
+            let redelivered = entry.deliveries > 0;
+            entry.deliveries += 1;
+            let id = DeliveryId(st.next_delivery);
+            st.next_delivery += 1;
+            let message = entry.message.clone();
+            if manual_ack {
+                st.unacked.insert(
+                    id,
+                    Unacked {
+                        key,
+                        entry,
+                        consumer: None,
+                    },
+                );
+            }
+            let remaining = st.ready.len();
+            return (
+                Some(Got {
+                    id,
+                    message,
+                    redelivered,
+                    remaining,
+                }),
+                after,
+            );
+        }
+        (None, after)
+    }
+
+    /// Drops every ready message; returns how many.
+    pub fn purge(&self) -> usize {
+        let mut st = self.lock();
+        let n = st.ready.len();
+        st.ready.clear();
+        st.ready_bytes = 0;
+        n
+    }
+
+    /// Checks the delete conditions; the vhost then calls `mark_deleted`.
+    pub fn check_delete(&self, if_unused: bool, if_empty: bool) -> CoreResult<()> {
+        let st = self.lock();
+        if if_unused && !st.consumers.is_empty() {
+            return Err(CoreError::PreconditionFailed(format!(
+                "queue '{}' in use",
+                self.spec.name
+            )));
+        }
+        if if_empty && !st.ready.is_empty() {
+            return Err(CoreError::PreconditionFailed(format!(
+                "queue '{}' not empty",
+                self.spec.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Marks the queue deleted, tells its consumers, and returns how many
+    /// ready messages it held.
+    pub fn mark_deleted(&self) -> usize {
+        let mut st = self.lock();
+        if st.deleted {
+            return 0;
+        }
+        st.deleted = true;
+        let n = st.ready.len();
+        st.ready.clear();
+        st.ready_bytes = 0;
+        st.unacked.clear();
+        for c in st.consumers.drain(..) {
+            let _ = c.spec.sink.send(Event::ConsumerCancelled(c.spec.id));
+        }
+        drop(st);
+        self.timer.notify_one();
+        n
+    }
+
+    /// Marks the queue as used now (a redeclare counts, for x-expires).
+    pub fn touch(&self) {
+        self.lock().last_used = Instant::now();
+        self.timer.notify_one();
+    }
+
+    /// Dead-letters expired messages at the head and reports the next
+    /// deadline, and whether x-expires says the queue should go.
+    pub fn expire(&self, now: Instant) -> (Aftermath, Option<Instant>) {
+        let mut st = self.lock();
+        let mut after = Aftermath::default();
+        if st.deleted {
+            return (after, None);
+        }
+        // RabbitMQ expires only from the head: a long-TTL message at the
+        // head keeps shorter-lived ones behind it until it goes.
+        while let Some(entry) = st.ready.first_key_value().map(|(_, e)| e) {
+            if entry.expires_at.is_some_and(|t| t <= now) {
+                let (_, entry) = st.ready.pop_first().expect("head exists: just peeked");
+                st.ready_bytes -= entry.message.size() as u64;
+                self.dead_letter(entry.message, DeadReason::Expired, &mut after.dead);
+            } else {
+                break;
+            }
+        }
+        let mut next = st.ready.first_key_value().and_then(|(_, e)| e.expires_at);
+        if let Some(ms) = self.args.expires
+            && st.consumers.is_empty()
+        {
+            let at = st.last_used + Duration::from_millis(ms);
+            if at <= now {
+                after.delete_queue = true;
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        (after, next)
+    }
+
+    /// Requeues every delivery handed to the given consumers' owner that is
+    /// still unsettled (used when a channel or connection goes away).
+    pub fn requeue_all(&self, ids: &[DeliveryId]) -> Aftermath {
+        self.settle(ids, Settle::Requeue)
+    }
+
+    fn dead_letter(&self, message: Message, reason: DeadReason, dead: &mut Vec<DeadLetter>) {
+        let Some(dlx) = &self.args.dead_letter_exchange else {
+            return;
+        };
+        let mut props = message.properties().clone();
+        let original_expiration = props.expiration.take();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let queue = self.spec.name.as_str();
+        let mut deaths = match props.headers.remove("x-death") {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        };
+        let same = |v: &Value| {
+            matches!(v, Value::Table(t)
+                if t.get("queue").and_then(Value::as_str) == Some(queue)
+                && t.get("reason").and_then(Value::as_str) == Some(reason.as_str()))
+        };
+        let record = match deaths.iter().position(same) {
+            Some(i) => {
+                let Value::Table(mut t) = deaths.remove(i) else {
+                    unreachable!("matched a table")
+                };
+                let count = t.get("count").and_then(Value::as_i64).unwrap_or(0) + 1;
+                t.insert("count".into(), Value::I64(count));
+                t.insert("time".into(), Value::Timestamp(now));
+                t
+            }
+            None => {
+                let mut t = Headers::new();
+                t.insert("count".into(), Value::I64(1));
+                t.insert("reason".into(), Value::Str(reason.as_str().into()));
+                t.insert("queue".into(), Value::Str(queue.into()));
+                t.insert("time".into(), Value::Timestamp(now));
+                t.insert(
+                    "exchange".into(),
+                    Value::Str(message.exchange().as_str().into()),
+                );
+                t.insert(
+                    "routing-keys".into(),
+                    Value::Array(vec![Value::Str(message.routing_key().as_str().into())]),
+                );
+                if let Some(exp) = original_expiration {
+                    t.insert("original-expiration".into(), Value::Str(exp));
+                }
+                t
+            }
+        };
+        deaths.insert(0, Value::Table(record));
+        props.headers.insert("x-death".into(), Value::Array(deaths));
+        for (key, value) in [
+            ("x-first-death-reason", reason.as_str()),
+            ("x-first-death-queue", queue),
+            ("x-first-death-exchange", message.exchange().as_str()),
+        ] {
+            props
+                .headers
+                .entry(key.into())
+                .or_insert_with(|| Value::Str(value.into()));
+        }
+        props.headers.insert(
+            "x-last-death-reason".into(),
+            Value::Str(reason.as_str().into()),
+        );
+        props
+            .headers
+            .insert("x-last-death-queue".into(), Value::Str(queue.into()));
+        props.headers.insert(
+            "x-last-death-exchange".into(),
+            Value::Str(message.exchange().as_str().into()),
+        );
+        let key = self
+            .args
+            .dead_letter_routing_key
+            .clone()
+            .unwrap_or_else(|| message.routing_key().clone());
+        dead.push(DeadLetter {
+            exchange: dlx.clone(),
+            message: message.rerouted(dlx.clone(), key, props),
+        });
+    }
+}

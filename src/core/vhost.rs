@@ -1,0 +1,777 @@
+//! One vhost: its exchanges, queues and bindings.
+//!
+//! Lock order (never take them the other way round):
+//! `meta` → `queues` → `routes` → one queue's own lock.
+//! A publish takes only `routes` (read, to clone the snapshot), `queues`
+//! (read, for the default exchange) and the target queues' locks, one at a
+//! time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use tokio::time::Instant;
+
+use super::change::{Change, ChangeLog};
+use super::error::{CoreError, CoreResult};
+use super::exchange::{BindingSpec, Destination, Exchange, ExchangeKind, ExchangeSpec, Target};
+use super::message::{Headers, Message, Value};
+use super::names::{ConnectionId, ConsumerId, ExchangeName, QueueName, VHostName};
+use super::queue::{Aftermath, ConsumerSpec, DeadLetter, Queue, QueueArgs, QueueSpec};
+
+/// Exchanges every vhost has, as RabbitMQ predeclares them.
+const STANDARD_EXCHANGES: [(&str, ExchangeKind); 6] = [
+    ("", ExchangeKind::Direct),
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+/// How deep exchange-to-exchange bindings and alternate exchanges may
+/// chain before routing gives up (cycles are also cut by a visited set).
+const MAX_ROUTE_DEPTH: usize = 32;
+
+type Routes = HashMap<ExchangeName, Arc<Exchange>>;
+
+#[derive(Debug, Default)]
+struct Meta {
+    exchanges: HashMap<ExchangeName, ExchangeSpec>,
+    bindings: Vec<BindingSpec>,
+}
+
+/// What a publish did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PublishOutcome {
+    /// Queues that took the message.
+    pub queues: usize,
+    /// Some queue refused it (x-overflow reject-publish): confirm with a nack.
+    pub rejected: bool,
+}
+
+/// The result of a queue declaration.
+#[derive(Debug, Clone)]
+pub struct QueueDeclared {
+    /// The queue's name (chosen by the broker when asked for "").
+    pub name: QueueName,
+    /// Ready messages.
+    pub messages: usize,
+    /// Consumers.
+    pub consumers: usize,
+}
+
+/// One vhost.
+#[derive(Debug)]
+pub struct VHost {
+    name: VHostName,
+    me: Weak<VHost>,
+    meta: Mutex<Meta>,
+    queues: RwLock<HashMap<QueueName, Arc<Queue>>>,
+    routes: RwLock<Arc<Routes>>,
+    journal: Arc<dyn ChangeLog>,
+}
+
+fn inequivalent(
+    what: &str,
+    kind: &str,
+    name: &str,
+    vhost: &VHostName,
+    got: String,
+    have: String,
+) -> CoreError {
+    CoreError::PreconditionFailed(format!(
+        "inequivalent arg '{what}' for {kind} '{name}' in vhost '{vhost}': received '{got}' but current is '{have}'"
+    ))
+}
+
+impl VHost {
+    /// Creates a vhost with the standard exchanges.
+    pub fn new(name: VHostName, journal: Arc<dyn ChangeLog>) -> Arc<Self> {
+        let vhost = Arc::new_cyclic(|me| Self {
+            name,
+            me: me.clone(),
+            meta: Mutex::new(Meta::default()),
+            queues: RwLock::new(HashMap::new()),
+            routes: RwLock::new(Arc::new(Routes::new())),
+            journal,
+        });
+        {
+            let mut meta = vhost.meta();
+            for (name, kind) in STANDARD_EXCHANGES {
+                let spec = ExchangeSpec {
+                    name: name.into(),
+                    kind,
+                    durable: true,
+                    auto_delete: false,
+                    internal: false,
+                    arguments: Headers::new(),
+                };
+                meta.exchanges.insert(spec.name.clone(), spec);
+            }
+            let names: Vec<ExchangeName> = meta.exchanges.keys().cloned().collect();
+            vhost.rebuild(&meta, &names);
+        }
+        vhost
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &VHostName {
+        &self.name
+    }
+
+    fn meta(&self) -> MutexGuard<'_, Meta> {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn queues_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<QueueName, Arc<Queue>>> {
+        self.queues.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn queues_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<QueueName, Arc<Queue>>> {
+        self.queues.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn snapshot(&self) -> Arc<Routes> {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Recompiles the named exchanges from `meta` and swaps in a new snapshot.
+    fn rebuild(&self, meta: &Meta, changed: &[ExchangeName]) {
+        let queues = self.queues_read();
+        let mut routes: Routes = (*self.snapshot()).clone();
+        for name in changed {
+            let Some(spec) = meta.exchanges.get(name) else {
+                routes.remove(name);
+                continue;
+            };
+            let bound: Vec<(BindingSpec, Target)> = meta
+                .bindings
+                .iter()
+                .filter(|b| &b.source == name)
+                .filter_map(|b| {
+                    let target = match &b.destination {
+                        Destination::Queue(q) => Target::Queue(queues.get(q)?.clone()),
+                        Destination::Exchange(e) => Target::Exchange(e.clone()),
+                    };
+                    Some((b.clone(), target))
+                })
+                .collect();
+            // Binding arguments were checked when the binding was made.
+            if let Ok(exchange) = Exchange::compile(spec.clone(), &bound) {
+                routes.insert(name.clone(), Arc::new(exchange));
+            }
+        }
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+    }
+
+    /// Looks up a queue.
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues_read().get(name).cloned()
+    }
+
+    /// All queues, for listings.
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut all: Vec<_> = self.queues_read().values().cloned().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
+    /// All exchanges, for listings.
+    pub fn exchanges(&self) -> Vec<ExchangeSpec> {
+        let mut all: Vec<_> = self.meta().exchanges.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// All bindings, for listings.
+    pub fn bindings(&self) -> Vec<BindingSpec> {
+        self.meta().bindings.clone()
+    }
+
+    /// Looks up an exchange's declared shape.
+    pub fn exchange(&self, name: &str) -> Option<ExchangeSpec> {
+        self.meta().exchanges.get(name).cloned()
+    }
+
+    /// Declares an exchange, or checks an existing one is equivalent.
+    pub fn declare_exchange(&self, spec: ExchangeSpec, passive: bool) -> CoreResult<()> {
+        let mut meta = self.meta();
+        if let Some(have) = meta.exchanges.get(&spec.name) {
+            if passive {
+                return Ok(());
+            }
+            let name = spec.name.as_str();
+            let check = |what: &str, got: String, have: String| {
+                if got == have {
+                    Ok(())
+                } else {
+                    Err(inequivalent(what, "exchange", name, &self.name, got, have))
+                }
+            };
+            check("type", spec.kind.as_str().into(), have.kind.as_str().into())?;
+            check(
+                "durable",
+                spec.durable.to_string(),
+                have.durable.to_string(),
+            )?;
+            check(
+                "auto_delete",
+                spec.auto_delete.to_string(),
+                have.auto_delete.to_string(),
+            )?;
+            check(
+                "internal",
+                spec.internal.to_string(),
+                have.internal.to_string(),
+            )?;
+            check(
+                "arguments",
+                format!("{:?}", spec.arguments),
+                format!("{:?}", have.arguments),
+            )?;
+            return Ok(());
+        }
+        if passive {
+            return Err(CoreError::NotFound(format!(
+                "no exchange '{}' in vhost '{}'",
+                spec.name, self.name
+            )));
+        }
+        if spec.name.as_str().starts_with("amq.") {
+            return Err(CoreError::AccessRefused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                spec.name
+            )));
+        }
+        if let Some(Value::Str(_)) | None = spec.arguments.get("alternate-exchange") {
+        } else {
+            return Err(CoreError::InvalidArgument(
+                "invalid arg 'alternate-exchange'".into(),
+            ));
+        }
+        if spec.durable {
+            self.journal
+                .record(&self.name, Change::ExchangeDeclared(spec.clone()));
+        }
+        let name = spec.name.clone();
+        meta.exchanges.insert(name.clone(), spec);
+        self.rebuild(&meta, &[name]);
+        Ok(())
+    }
+
+    /// Deletes an exchange and every binding to or from it. Deleting one
+    /// that does not exist succeeds, as in RabbitMQ.
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> CoreResult<()> {
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(CoreError::AccessRefused(format!(
+                "operation not permitted on the default exchange or exchange '{name}'"
+            )));
+        }
+        let mut meta = self.meta();
+        let Some(spec) = meta.exchanges.get(name).cloned() else {
+            return Ok(());
+        };
+        if if_unused && meta.bindings.iter().any(|b| b.source.as_str() == name) {
+            return Err(CoreError::PreconditionFailed(format!(
+                "exchange '{name}' in use"
+            )));
+        }
+        self.remove_exchange(&mut meta, &spec);
+        Ok(())
+    }
+
+    fn remove_exchange(&self, meta: &mut Meta, spec: &ExchangeSpec) {
+        let name = spec.name.clone();
+        meta.exchanges.remove(&name);
+        let mut changed = vec![name.clone()];
+        meta.bindings.retain(|b| {
+            let to_it = b.destination == Destination::Exchange(name.clone());
+            if to_it {
+                changed.push(b.source.clone());
+            }
+            b.source != name && !to_it
+        });
+        if spec.durable {
+            self.journal
+                .record(&self.name, Change::ExchangeDeleted(name));
+        }
+        self.rebuild(meta, &changed);
+    }
+
+    /// Declares a queue, or checks an existing one is equivalent and usable
+    /// by `owner`.
+    pub fn declare_queue(&self, mut spec: QueueSpec, passive: bool) -> CoreResult<QueueDeclared> {
+        let mut meta = self.meta();
+        if spec.name.as_str().is_empty() {
+            spec.name = QueueName::from(format!("amq.gen-{}", random_suffix()));
+        }
+        let existing = self.queue(spec.name.as_str());
+        if let Some(q) = existing {
+            check_exclusive(&q, spec.exclusive)?;
+            if !passive {
+                let have = q.spec();
+                let name = spec.name.as_str();
+                let check = |what: &str, got: String, have: String| {
+                    if got == have {
+                        Ok(())
+                    } else {
+                        Err(inequivalent(what, "queue", name, &self.name, got, have))
+                    }
+                };
+                check(
+                    "durable",
+                    spec.durable.to_string(),
+                    have.durable.to_string(),
+                )?;
+                check(
+                    "exclusive",
+                    spec.exclusive.is_some().to_string(),
+                    have.exclusive.is_some().to_string(),
+                )?;
+                check(
+                    "auto_delete",
+                    spec.auto_delete.to_string(),
+                    have.auto_delete.to_string(),
+                )?;
+                for key in spec.arguments.keys().chain(have.arguments.keys()) {
+                    let (got, had) = (spec.arguments.get(key), have.arguments.get(key));
+                    let same = match (got, had) {
+                        (Some(a), Some(b)) => {
+                            a.as_i64().zip(b.as_i64()).map_or(a == b, |(x, y)| x == y)
+                        }
+                        (None, None) => true,
+                        _ => false,
+                    };
+                    if !same {
+                        return Err(inequivalent(
+                            key,
+                            "queue",
+                            name,
+                            &self.name,
+                            got.map_or("none".into(), |v| format!("{v:?}")),
+                            had.map_or("none".into(), |v| format!("{v:?}")),
+                        ));
+                    }
+                }
+            }
+            q.touch();
+            return Ok(QueueDeclared {
+                name: q.name().clone(),
+                messages: q.message_count(),
+                consumers: q.consumer_count(),
+            });
+        }
+        if passive {
+            return Err(CoreError::NotFound(format!(
+                "no queue '{}' in vhost '{}'",
+                spec.name, self.name
+            )));
+        }
+        if spec.name.as_str().starts_with("amq.") && !spec.name.as_str().starts_with("amq.gen-") {
+            return Err(CoreError::AccessRefused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                spec.name
+            )));
+        }
+        let args = QueueArgs::parse(&spec.arguments)?;
+        Ok(self.create_queue(&mut meta, spec, args))
+    }
+
+    /// Creates a queue the broker itself names and owns (direct reply-to).
+    pub fn declare_internal_queue(&self, spec: QueueSpec) -> Arc<Queue> {
+        let mut meta = self.meta();
+        let name = spec.name.clone();
+        self.create_queue(&mut meta, spec, QueueArgs::default());
+        self.queue(name.as_str()).expect("just created")
+    }
+
+    fn create_queue(&self, _locked: &mut Meta, spec: QueueSpec, args: QueueArgs) -> QueueDeclared {
+        if spec.durable {
+            self.journal
+                .record(&self.name, Change::QueueDeclared(spec.clone()));
+        }
+        let name = spec.name.clone();
+        let queue = Queue::new(spec, args);
+        self.queues_write().insert(name.clone(), queue.clone());
+        if let Some(me) = self.me.upgrade()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            tokio::spawn(run_timer(Arc::downgrade(&me), queue));
+        }
+        QueueDeclared {
+            name,
+            messages: 0,
+            consumers: 0,
+        }
+    }
+
+    /// Deletes a queue. Deleting one that does not exist succeeds with 0.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        by: Option<ConnectionId>,
+    ) -> CoreResult<usize> {
+        let Some(queue) = self.queue(name) else {
+            return Ok(0);
+        };
+        check_exclusive(&queue, by)?;
+        queue.check_delete(if_unused, if_empty)?;
+        Ok(self.remove_queue(&queue))
+    }
+
+    fn remove_queue(&self, queue: &Arc<Queue>) -> usize {
+        let mut meta = self.meta();
+        let name = queue.name().clone();
+        {
+            let mut queues = self.queues_write();
+            match queues.get(&name) {
+                Some(q) if Arc::ptr_eq(q, queue) => {
+                    queues.remove(&name);
+                }
+                _ => return 0,
+            }
+        }
+        let n = queue.mark_deleted();
+        let dest = Destination::Queue(name.clone());
+        let mut changed = Vec::new();
+        meta.bindings.retain(|b| {
+            let hit = b.destination == dest;
+            if hit {
+                changed.push(b.source.clone());
+            }
+            !hit
+        });
+        if queue.spec().durable {
+            self.journal.record(&self.name, Change::QueueDeleted(name));
+        }
+        self.rebuild(&meta, &changed);
+        self.auto_delete_exchanges(&mut meta, &changed);
+        n
+    }
+
+    fn auto_delete_exchanges(&self, meta: &mut Meta, candidates: &[ExchangeName]) {
+        for name in candidates {
+            let Some(spec) = meta.exchanges.get(name).cloned() else {
+                continue;
+            };
+            if spec.auto_delete && !meta.bindings.iter().any(|b| &b.source == name) {
+                self.remove_exchange(meta, &spec);
+            }
+        }
+    }
+
+    /// Drops a queue's ready messages.
+    pub fn purge_queue(&self, name: &str, by: Option<ConnectionId>) -> CoreResult<usize> {
+        let queue = self.existing_queue(name)?;
+        check_exclusive(&queue, by)?;
+        if queue.spec().durable {
+            self.journal
+                .record(&self.name, Change::QueuePurged(queue.name().clone()));
+        }
+        Ok(queue.purge())
+    }
+
+    /// Looks up a queue or says it is missing.
+    pub fn existing_queue(&self, name: &str) -> CoreResult<Arc<Queue>> {
+        self.queue(name).ok_or_else(|| {
+            CoreError::NotFound(format!("no queue '{name}' in vhost '{}'", self.name))
+        })
+    }
+
+    fn check_binding(
+        &self,
+        meta: &Meta,
+        spec: &BindingSpec,
+        by: Option<ConnectionId>,
+    ) -> CoreResult<()> {
+        if spec.source.as_str().is_empty()
+            || spec.destination == Destination::Exchange(ExchangeName::from(""))
+        {
+            return Err(CoreError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
+        let source = meta.exchanges.get(&spec.source).ok_or_else(|| {
+            CoreError::NotFound(format!(
+                "no exchange '{}' in vhost '{}'",
+                spec.source, self.name
+            ))
+        })?;
+        match &spec.destination {
+            Destination::Queue(q) => check_exclusive(&*self.existing_queue(q.as_str())?, by)?,
+            Destination::Exchange(e) => {
+                if !meta.exchanges.contains_key(e) {
+                    return Err(CoreError::NotFound(format!(
+                        "no exchange '{e}' in vhost '{}'",
+                        self.name
+                    )));
+                }
+            }
+        }
+        Exchange::check_binding(source.kind, &spec.arguments)
+    }
+
+    /// Adds a binding; binding twice is a no-op.
+    pub fn bind(&self, spec: BindingSpec, by: Option<ConnectionId>) -> CoreResult<()> {
+        let mut meta = self.meta();
+        self.check_binding(&meta, &spec, by)?;
+        if meta.bindings.contains(&spec) {
+            return Ok(());
+        }
+        if self.binding_is_durable(&meta, &spec) {
+            self.journal.record(&self.name, Change::Bound(spec.clone()));
+        }
+        let source = spec.source.clone();
+        meta.bindings.push(spec);
+        self.rebuild(&meta, &[source]);
+        Ok(())
+    }
+
+    /// Removes a binding; removing one that does not exist succeeds.
+    pub fn unbind(&self, spec: &BindingSpec, by: Option<ConnectionId>) -> CoreResult<()> {
+        let mut meta = self.meta();
+        self.check_binding(&meta, spec, by)?;
+        let Some(i) = meta.bindings.iter().position(|b| b == spec) else {
+            return Ok(());
+        };
+        meta.bindings.remove(i);
+        if self.binding_is_durable(&meta, spec) {
+            self.journal
+                .record(&self.name, Change::Unbound(spec.clone()));
+        }
+        self.rebuild(&meta, std::slice::from_ref(&spec.source));
+        self.auto_delete_exchanges(&mut meta, std::slice::from_ref(&spec.source));
+        Ok(())
+    }
+
+    fn binding_is_durable(&self, meta: &Meta, spec: &BindingSpec) -> bool {
+        let source = meta.exchanges.get(&spec.source).is_some_and(|e| e.durable);
+        let dest = match &spec.destination {
+            Destination::Queue(q) => self.queue(q.as_str()).is_some_and(|q| q.spec().durable),
+            Destination::Exchange(e) => meta.exchanges.get(e).is_some_and(|e| e.durable),
+        };
+        source && dest
+    }
+
+    /// Routes a message through its exchange into every matching queue.
+    pub fn publish(&self, message: Message) -> CoreResult<PublishOutcome> {
+        let routes = self.snapshot();
+        let exchange = routes.get(message.exchange()).ok_or_else(|| {
+            CoreError::NotFound(format!(
+                "no exchange '{}' in vhost '{}'",
+                message.exchange(),
+                self.name
+            ))
+        })?;
+        if exchange.spec.internal {
+            return Err(CoreError::AccessRefused(format!(
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                message.exchange(),
+                self.name
+            )));
+        }
+        let mut targets = Vec::new();
+        self.collect(&routes, exchange, &message, &mut targets, &mut Vec::new());
+        Ok(self.deliver(&targets, message, false))
+    }
+
+    fn deliver(
+        &self,
+        targets: &[Arc<Queue>],
+        message: Message,
+        dead_lettered: bool,
+    ) -> PublishOutcome {
+        let mut outcome = PublishOutcome::default();
+        let mut dead = Vec::new();
+        for queue in targets {
+            if dead_lettered && dead_letter_cycle(&message, queue.name().as_str()) {
+                continue;
+            }
+            let mut result = queue.enqueue(message.clone());
+            if result.rejected {
+                outcome.rejected = true;
+            } else {
+                outcome.queues += 1;
+            }
+            dead.append(&mut result.dead);
+        }
+        self.route_dead(dead);
+        outcome
+    }
+
+    /// Collects the queues a message goes to, following exchange-to-exchange
+    /// bindings and alternate exchanges.
+    fn collect(
+        &self,
+        routes: &Routes,
+        exchange: &Exchange,
+        message: &Message,
+        out: &mut Vec<Arc<Queue>>,
+        visited: &mut Vec<ExchangeName>,
+    ) {
+        if visited.len() >= MAX_ROUTE_DEPTH || visited.contains(&exchange.spec.name) {
+            return;
+        }
+        visited.push(exchange.spec.name.clone());
+        let before = out.len();
+        let key = message.routing_key().as_str();
+        if exchange.spec.name.as_str().is_empty() {
+            if let Some(q) = self.queue(key) {
+                out.push(q);
+            }
+        } else {
+            let mut next = Vec::new();
+            exchange.route(key, &message.properties().headers, |t| match t {
+                Target::Queue(q) => {
+                    if !out.iter().any(|have| Arc::ptr_eq(have, q)) {
+                        out.push(q.clone());
+                    }
+                }
+                Target::Exchange(e) => next.push(e.clone()),
+            });
+            for name in next {
+                if let Some(e) = routes.get(&name) {
+                    self.collect(routes, e, message, out, visited);
+                }
+            }
+        }
+        if out.len() == before
+            && let Some(alt) = exchange.alternate.as_ref().and_then(|a| routes.get(a))
+        {
+            self.collect(routes, alt, message, out, visited);
+        }
+    }
+
+    /// Republishes dead letters to their exchanges. Called with no queue
+    /// lock held.
+    pub fn route_dead(&self, dead: Vec<DeadLetter>) {
+        if dead.is_empty() {
+            return;
+        }
+        let routes = self.snapshot();
+        for dl in dead {
+            let Some(exchange) = routes.get(&dl.exchange) else {
+                continue;
+            };
+            let mut targets = Vec::new();
+            self.collect(
+                &routes,
+                exchange,
+                &dl.message,
+                &mut targets,
+                &mut Vec::new(),
+            );
+            self.deliver(&targets, dl.message, true);
+        }
+    }
+
+    /// Finishes what a queue operation left: dead letters, auto-delete.
+    pub fn settle_aftermath(&self, queue: &Arc<Queue>, after: Aftermath) {
+        self.route_dead(after.dead);
+        if after.delete_queue {
+            self.remove_queue(queue);
+        }
+    }
+
+    /// Attaches a consumer to a queue.
+    pub fn consume(&self, queue: &str, spec: ConsumerSpec) -> CoreResult<Arc<Queue>> {
+        let q = self.existing_queue(queue)?;
+        check_exclusive(&q, Some(spec.owner))?;
+        let after = q.consume(spec)?;
+        self.settle_aftermath(&q, after);
+        Ok(q)
+    }
+
+    /// Detaches a consumer.
+    pub fn cancel(&self, queue: &Arc<Queue>, consumer: ConsumerId) {
+        let after = queue.cancel(consumer);
+        self.settle_aftermath(queue, after);
+    }
+
+    /// Deletes the exclusive queues a closed connection owned.
+    pub fn connection_closed(&self, conn: ConnectionId) {
+        let owned: Vec<Arc<Queue>> = self
+            .queues_read()
+            .values()
+            .filter(|q| q.spec().exclusive == Some(conn))
+            .cloned()
+            .collect();
+        for q in owned {
+            self.remove_queue(&q);
+        }
+    }
+}
+
+fn check_exclusive(queue: &Queue, by: Option<ConnectionId>) -> CoreResult<()> {
+    match queue.spec().exclusive {
+        Some(owner) if Some(owner) != by => Err(CoreError::ResourceLocked(format!(
+            "cannot obtain exclusive access to locked queue '{}'",
+            queue.name()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A dead letter returning to a queue it already died in, with no
+/// rejection along the way, would loop forever (RabbitMQ drops it too).
+fn dead_letter_cycle(message: &Message, queue: &str) -> bool {
+    let Some(Value::Array(deaths)) = message.properties().headers.get("x-death") else {
+        return false;
+    };
+    let mut seen = false;
+    for d in deaths {
+        let Value::Table(t) = d else { continue };
+        if t.get("reason").and_then(Value::as_str) == Some("rejected") {
+            return false;
+        }
+        if t.get("queue").and_then(Value::as_str) == Some(queue) {
+            seen = true;
+        }
+    }
+    seen
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..22)
+        .map(|_| {
+            let n = rng.random_range(0..64u8);
+            char::from(match n {
+                0..=25 => b'A' + n,
+                26..=51 => b'a' + n - 26,
+                52..=61 => b'0' + n - 52,
+                62 => b'-',
+                _ => b'_',
+            })
+        })
+        .collect()
+}
+
+/// Drives a queue's deadlines: per-message and queue TTL at the head, and
+/// x-expires. Ends when the queue or vhost is gone.
+async fn run_timer(vhost: Weak<VHost>, queue: Arc<Queue>) {
+    loop {
+        if queue.is_deleted() {
+            return;
+        }
+        let Some(v) = vhost.upgrade() else { return };
+        let (after, next) = queue.expire(Instant::now());
+        v.settle_aftermath(&queue, after);
+        drop(v);
+        let notified = queue.timer.notified();
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = notified => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Listeners, the `ready` line, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Listen, resolve};
+use crate::core::{Broker, Limits, NoLog, Users};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen for {protocol} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        protocol: &'static str,
+        /// The configured address.
+        addr: String,
+        /// The OS error (address in use, permission denied...).
+        source: std::io::Error,
+    },
+    /// The configuration asks for something this build cannot do.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct Server {
+    /// The broker core.
+    pub broker: Arc<Broker>,
+    /// Where AMQP listens, if it does.
+    pub amqp: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+async fn bind(protocol: &'static str, listen: &Listen) -> Result<Option<TcpListener>, StartError> {
+    let Some(addr) = listen.addr() else {
+        return Ok(None);
+    };
+    let err = |source| StartError::Bind {
+        protocol,
+        addr: addr.to_owned(),
+        source,
+    };
+    let sock = resolve(addr).map_err(err)?;
+    TcpListener::bind(sock).await.map(Some).map_err(err)
+}
+
+impl Server {
+    /// Binds every configured listener and starts serving.
+    pub async fn start(config: &Config) -> Result<Self, StartError> {
+        if config.tls_cert.is_some() || config.tls_key.is_some() {
+            return Err(StartError::Config(
+                "TLS listeners (tls_cert / tls_key) are not supported by this version".into(),
+            ));
+        }
+        let vhosts: Vec<&str> = config.vhosts.iter().map(String::as_str).collect();
+        let broker = Broker::new(
+            &vhosts,
+            Users::new(config.effective_users()),
+            Limits {
+                max_message_bytes: config.max_message_bytes,
+            },
+            Arc::new(NoLog),
+        );
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let amqp = bind("AMQP", &config.amqp).await?;
+        let amqp_addr = amqp.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = amqp {
+            tracker.spawn(accept_amqp(
+                listener,
+                broker.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        tracing::info!(amqp = ?amqp_addr, "ferrymq {} ready", env!("CARGO_PKG_VERSION"));
+        Ok(Self {
+            broker,
+            amqp: amqp_addr,
+            shutdown,
+            tracker,
+        })
+    }
+
+    /// Stops accepting, closes every connection with its protocol's close,
+    /// and waits up to `grace` for them to finish.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close within {grace:?}");
+        }
+    }
+}
+
+async fn accept_amqp(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let _ = socket.set_nodelay(true);
+                tracker.spawn(crate::amqp::serve(
+                    socket,
+                    peer,
+                    broker.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

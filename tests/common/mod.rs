@@ -1,0 +1,47 @@
+//! Starts ferrymq in-process on ephemeral ports for integration tests.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use ferrymq::config::Config;
+use ferrymq::server::Server;
+use lapin::{Connection, ConnectionProperties};
+
+/// Generous bound for any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A broker on ephemeral loopback ports.
+pub async fn start() -> Server {
+    let mut config = Config::ephemeral();
+    config.data_dir = std::env::temp_dir().join(format!("ferrymq-test-{}", std::process::id()));
+    Server::start(&config)
+        .await
+        .expect("broker starts on ephemeral ports")
+}
+
+/// The AMQP URI of a running broker.
+pub fn uri(server: &Server) -> String {
+    format!(
+        "amqp://guest:guest@{}/%2f",
+        server.amqp.expect("AMQP listener is on")
+    )
+}
+
+/// Opens a lapin connection.
+pub async fn connect(server: &Server) -> Connection {
+    within(
+        "AMQP connection",
+        Connection::connect(&uri(server), ConnectionProperties::default()),
+    )
+    .await
+    .expect("lapin connects")
+}
+
+/// Awaits a future, failing the test with `what` if it takes longer than WAIT.
+pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(WAIT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+    }
+}
