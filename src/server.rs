@@ -82,7 +82,16 @@ impl Server {
                 tracker.clone(),
             ));
         }
-        tracing::info!(amqp = ?amqp_addr, "ferrymq {} ready", env!("CARGO_PKG_VERSION"));
+        // Scripts wait for this line and read the bound addresses from it.
+        let bound: Vec<String> = [("amqp", amqp_addr)]
+            .iter()
+            .filter_map(|(name, addr)| addr.map(|a| format!("{name}={a}")))
+            .collect();
+        tracing::info!(
+            "ferrymq {} ready {}",
+            env!("CARGO_PKG_VERSION"),
+            bound.join(" ")
+        );
         Ok(Self {
             broker,
             amqp: amqp_addr,
