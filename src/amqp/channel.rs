@@ -120,13 +120,13 @@ impl Channel {
         writer: &mut FrameWriter,
         frame_max: usize,
         out: &mut BytesMut,
-    ) {
+    ) -> bool {
         if !self.flow {
             self.held.push_back(d);
-            return;
+            return false;
         }
         let Some((tag, sub)) = self.consumers.iter().find(|(_, s)| s.id == d.consumer) else {
-            return;
+            return false;
         };
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
@@ -152,6 +152,7 @@ impl Channel {
             AMQPClass::Basic(basic::AMQPMethod::Deliver(method)),
         );
         write_content(writer, out, ch, &d.message, frame_max);
+        true
     }
 
     /// Emits one basic.ack covering every confirm gathered since the last.
@@ -365,8 +366,11 @@ impl Session {
                 );
                 let frame_max = self.frame_max;
                 for d in held {
+                    let (consumer, queue) = (d.consumer, d.queue.clone());
                     let c = self.channels.get_mut(&ch).expect("still open");
-                    c.write_delivery(ch, d, &mut self.writer, frame_max, out);
+                    if c.write_delivery(ch, d, &mut self.writer, frame_max, out) {
+                        self.count_sent(consumer, &queue);
+                    }
                 }
                 Ok(())
             }

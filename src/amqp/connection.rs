@@ -63,7 +63,7 @@ where
         let heartbeat = Duration::from_secs(session.heartbeat().into());
         let deadline = match (close_deadline, heartbeat.is_zero()) {
             (Some(at), _) => at,
-            _ if session.heartbeat() == 0 && last_read == started => started + HANDSHAKE_TIMEOUT,
+            _ if !session.is_open() => started + HANDSHAKE_TIMEOUT,
             (None, true) => Instant::now() + Duration::from_secs(3600),
             (None, false) => (last_write + heartbeat / 2).min(last_read + heartbeat * 2),
         };
@@ -118,7 +118,7 @@ where
                 if close_deadline.is_some_and(|d| now >= d) {
                     break;
                 }
-                if session.heartbeat() == 0 && last_read == started && now >= started + HANDSHAKE_TIMEOUT {
+                if !session.is_open() && !session.is_closing() && now >= started + HANDSHAKE_TIMEOUT {
                     tracing::info!(%peer, "handshake timed out");
                     break;
                 }

@@ -106,6 +106,10 @@ impl Session {
     pub fn is_done(&self) -> bool {
         self.stage == Stage::Done
     }
+    /// The handshake is over and the connection is usable.
+    pub fn is_open(&self) -> bool {
+        self.stage == Stage::Open
+    }
     /// connection.close has been sent and its close-ok is awaited.
     pub fn is_closing(&self) -> bool {
         self.stage == Stage::Closing
@@ -506,12 +510,18 @@ impl Session {
             }
             return;
         };
-        let entry = self
-            .sent
-            .entry(d.consumer)
-            .or_insert_with(|| (d.queue.clone(), 0));
-        entry.1 += 1;
-        channel.write_delivery(ch, d, &mut self.writer, self.frame_max, out);
+        let (consumer, queue) = (d.consumer, d.queue.clone());
+        if channel.write_delivery(ch, d, &mut self.writer, self.frame_max, out) {
+            self.count_sent(consumer, &queue);
+        }
+    }
+
+    /// Notes a delivery written to the output, to report after the write.
+    pub(super) fn count_sent(&mut self, consumer: ConsumerId, queue: &Arc<Queue>) {
+        self.sent
+            .entry(consumer)
+            .or_insert_with(|| (queue.clone(), 0))
+            .1 += 1;
     }
 
     /// After the write buffer reached the socket: reopen the consumers'

@@ -290,6 +290,8 @@ struct Unacked {
     key: ReadyKey,
     entry: Entry,
     consumer: Option<ConsumerId>,
+    /// Returned on settlement even if the consumer has gone since.
+    credit: Option<Arc<SharedCredit>>,
 }
 
 /// Ready messages sort by priority rank (0 = highest), then arrival, so a
@@ -546,9 +548,11 @@ impl Queue {
         consumer.unsent += 1;
         let consumer_id = consumer.spec.id;
         let message = entry.message.clone();
-        if consumer.spec.manual_ack {
+        let manual_ack = consumer.spec.manual_ack;
+        let credit = consumer.spec.shared_credit.clone().filter(|_| manual_ack);
+        if manual_ack {
             consumer.unacked += 1;
-            if let Some(shared) = &consumer.spec.shared_credit {
+            if let Some(shared) = &credit {
                 shared.used.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -560,13 +564,14 @@ impl Queue {
             redelivered,
             delivery_count,
         }));
-        if st.consumers[idx].spec.manual_ack {
+        if manual_ack {
             st.unacked.insert(
                 id,
                 Unacked {
                     key,
                     entry,
                     consumer: Some(consumer_id),
+                    credit,
                 },
             );
         }
@@ -693,13 +698,13 @@ impl Queue {
                 && let Some(c) = st.consumers.iter_mut().find(|c| c.spec.id == cid)
             {
                 c.unacked = c.unacked.saturating_sub(1);
-                if let Some(shared) = &c.spec.shared_credit {
-                    let _ = shared
-                        .used
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                            Some(v.saturating_sub(1))
-                        });
-                }
+            }
+            if let Some(shared) = &u.credit {
+                let _ = shared
+                    .used
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                        Some(v.saturating_sub(1))
+                    });
             }
             if st.deleted {
                 continue;
@@ -745,6 +750,7 @@ impl Queue {
                         key,
                         entry,
                         consumer: None,
+                        credit: None,
                     },
                 );
             }
@@ -935,5 +941,293 @@ impl Queue {
             exchange: dlx.clone(),
             message: message.rerouted(dlx.clone(), key, props),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::message::Properties;
+    use crate::core::names::next_id;
+    use bytes::Bytes;
+    use tokio::sync::mpsc;
+
+    fn queue(args: &[(&str, Value)]) -> Arc<Queue> {
+        let arguments: Headers = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let parsed = QueueArgs::parse(&arguments).expect("valid arguments");
+        Queue::new(
+            QueueSpec {
+                name: "q".into(),
+                durable: false,
+                exclusive: None,
+                auto_delete: false,
+                arguments,
+            },
+            parsed,
+        )
+    }
+
+    fn msg(body: &str) -> Message {
+        msg_with(body, Properties::default())
+    }
+
+    fn msg_with(body: &str, properties: Properties) -> Message {
+        Message::new(
+            "x".into(),
+            "k".into(),
+            properties,
+            Bytes::from(body.to_owned()),
+        )
+    }
+
+    fn consumer(prefetch: u32, priority: i32) -> (ConsumerSpec, mpsc::UnboundedReceiver<Event>) {
+        let (sink, rx) = mpsc::unbounded_channel();
+        let spec = ConsumerSpec {
+            id: ConsumerId(next_id()),
+            tag: "c".into(),
+            manual_ack: true,
+            prefetch,
+            priority,
+            exclusive: false,
+            owner: ConnectionId(1),
+            shared_credit: None,
+            sink,
+        };
+        (spec, rx)
+    }
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        while let Ok(Event::Deliver(d)) = rx.try_recv() {
+            out.push(d);
+        }
+        out
+    }
+
+    fn body(d: &Delivery) -> &str {
+        std::str::from_utf8(d.message.body()).expect("utf8")
+    }
+
+    fn bodies_via_get(q: &Queue) -> Vec<String> {
+        let mut out = Vec::new();
+        while let (Some(got), _) = q.get(false) {
+            out.push(String::from_utf8(got.message.body().to_vec()).expect("utf8"));
+        }
+        out
+    }
+
+    #[test]
+    fn requeued_messages_return_to_their_original_position() {
+        let q = queue(&[]);
+        for b in ["a", "b", "c", "d"] {
+            q.enqueue(msg(b));
+        }
+        let (spec, mut rx) = consumer(2, 0);
+        let cid = spec.id;
+        q.consume(spec).expect("consume");
+        let first = drain(&mut rx);
+        assert_eq!(first.iter().map(body).collect::<Vec<_>>(), ["a", "b"]);
+        q.cancel(cid);
+        // requeue b then a: both go back ahead of c and d, in original order
+        q.settle(&[first[1].id], Settle::Requeue);
+        q.settle(&[first[0].id], Settle::Requeue);
+        let (got, _) = q.get(true);
+        let got = got.expect("a message");
+        assert_eq!(got.message.body(), "a");
+        assert!(got.redelivered);
+        assert_eq!(bodies_via_get(&q), ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn prefetch_limits_unacked_and_acks_release_more() {
+        let q = queue(&[]);
+        for i in 0..5 {
+            q.enqueue(msg(&i.to_string()));
+        }
+        let (spec, mut rx) = consumer(2, 0);
+        q.consume(spec).expect("consume");
+        let got = drain(&mut rx);
+        assert_eq!(got.len(), 2);
+        q.settle(&[got[0].id], Settle::Ack);
+        let more = drain(&mut rx);
+        assert_eq!(more.iter().map(body).collect::<Vec<_>>(), ["2"]);
+        assert_eq!(q.message_count(), 2);
+        assert_eq!(q.unacked_count(), 2);
+    }
+
+    #[test]
+    fn higher_priority_consumers_are_served_first_and_round_robin_within_a_level() {
+        let q = queue(&[]);
+        let (lo, mut lo_rx) = consumer(0, 0);
+        let (hi1, mut hi1_rx) = consumer(1, 5);
+        let (hi2, mut hi2_rx) = consumer(1, 5);
+        q.consume(lo).expect("consume");
+        q.consume(hi1).expect("consume");
+        q.consume(hi2).expect("consume");
+        for b in ["a", "b", "c"] {
+            q.enqueue(msg(b));
+        }
+        assert_eq!(drain(&mut hi1_rx).len(), 1);
+        assert_eq!(drain(&mut hi2_rx).len(), 1);
+        // both high-priority consumers are full: the low one takes the rest
+        assert_eq!(
+            drain(&mut lo_rx).iter().map(body).collect::<Vec<_>>(),
+            ["c"]
+        );
+    }
+
+    #[test]
+    fn priority_queue_orders_by_priority_then_arrival() {
+        let q = queue(&[("x-max-priority", Value::U8(5))]);
+        let p = |n: u8| Properties {
+            priority: Some(n),
+            ..Default::default()
+        };
+        q.enqueue(msg_with("low", p(1)));
+        q.enqueue(msg_with("high", p(9))); // above max: treated as 5
+        q.enqueue(msg_with("none", Properties::default()));
+        q.enqueue(msg_with("mid", p(3)));
+        q.enqueue(msg_with("high2", p(5)));
+        assert_eq!(bodies_via_get(&q), ["high", "high2", "mid", "low", "none"]);
+    }
+
+    #[test]
+    fn max_length_drops_the_head_and_dead_letters_it() {
+        let q = queue(&[
+            ("x-max-length", Value::I32(2)),
+            ("x-dead-letter-exchange", Value::Str("dlx".into())),
+        ]);
+        q.enqueue(msg("a"));
+        q.enqueue(msg("b"));
+        let out = q.enqueue(msg("c"));
+        assert!(!out.rejected);
+        assert_eq!(out.dead.len(), 1);
+        let dead = &out.dead[0];
+        assert_eq!(dead.exchange.as_str(), "dlx");
+        assert_eq!(dead.message.body(), "a");
+        let headers = &dead.message.properties().headers;
+        assert_eq!(
+            headers.get("x-first-death-reason"),
+            Some(&Value::Str("maxlen".into()))
+        );
+        assert_eq!(bodies_via_get(&q), ["b", "c"]);
+    }
+
+    #[test]
+    fn reject_publish_refuses_new_messages_when_full() {
+        let q = queue(&[
+            ("x-max-length-bytes", Value::I64(3)),
+            ("x-overflow", Value::Str("reject-publish".into())),
+        ]);
+        assert!(!q.enqueue(msg("ab")).rejected);
+        assert!(q.enqueue(msg("cd")).rejected);
+        assert!(!q.enqueue(msg("e")).rejected);
+        assert_eq!(bodies_via_get(&q), ["ab", "e"]);
+    }
+
+    #[test]
+    fn rejection_dead_letters_with_x_death_counted_per_queue_and_reason() {
+        let q = queue(&[
+            ("x-dead-letter-exchange", Value::Str("dlx".into())),
+            ("x-dead-letter-routing-key", Value::Str("dead".into())),
+        ]);
+        q.enqueue(msg_with(
+            "m",
+            Properties {
+                expiration: Some("60000".into()),
+                ..Default::default()
+            },
+        ));
+        let (got, _) = q.get(true);
+        let after = q.settle(&[got.expect("message").id], Settle::Discard);
+        let dead = &after.dead[0];
+        assert_eq!(dead.message.routing_key().as_str(), "dead");
+        assert_eq!(
+            dead.message.properties().expiration,
+            None,
+            "expiration is moved into x-death"
+        );
+        let Some(Value::Array(deaths)) = dead.message.properties().headers.get("x-death") else {
+            panic!("x-death is an array")
+        };
+        let Value::Table(d) = &deaths[0] else {
+            panic!("x-death entries are tables")
+        };
+        assert_eq!(d.get("count"), Some(&Value::I64(1)));
+        assert_eq!(d.get("reason"), Some(&Value::Str("rejected".into())));
+        assert_eq!(d.get("queue"), Some(&Value::Str("q".into())));
+        assert_eq!(d.get("exchange"), Some(&Value::Str("x".into())));
+        assert_eq!(
+            d.get("routing-keys"),
+            Some(&Value::Array(vec![Value::Str("k".into())]))
+        );
+        assert_eq!(
+            d.get("original-expiration"),
+            Some(&Value::Str("60000".into()))
+        );
+        // dying again in the same queue for the same reason bumps the count
+        q.enqueue(dead.message.clone());
+        let (got, _) = q.get(true);
+        let after = q.settle(&[got.expect("message").id], Settle::Discard);
+        let Some(Value::Array(deaths)) = after.dead[0].message.properties().headers.get("x-death")
+        else {
+            panic!("x-death is an array")
+        };
+        assert_eq!(deaths.len(), 1);
+        let Value::Table(d) = &deaths[0] else {
+            panic!("table")
+        };
+        assert_eq!(d.get("count"), Some(&Value::I64(2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttl_expires_messages_at_the_head() {
+        let q = queue(&[
+            ("x-message-ttl", Value::I32(1000)),
+            ("x-dead-letter-exchange", Value::Str("dlx".into())),
+        ]);
+        q.enqueue(msg("old"));
+        tokio::time::advance(Duration::from_millis(600)).await;
+        q.enqueue(msg("new"));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let (after, next) = q.expire(Instant::now());
+        assert_eq!(after.dead.len(), 1);
+        assert_eq!(after.dead[0].message.body(), "old");
+        assert_eq!(next, Some(Instant::now() + Duration::from_millis(500)));
+        assert_eq!(bodies_via_get(&q), ["new"]);
+    }
+
+    #[test]
+    fn single_active_consumer_gets_everything_until_it_leaves() {
+        let q = queue(&[("x-single-active-consumer", Value::Bool(true))]);
+        let (a, mut a_rx) = consumer(0, 0);
+        let (b, mut b_rx) = consumer(0, 0);
+        let a_id = a.id;
+        q.consume(a).expect("consume");
+        q.consume(b).expect("consume");
+        q.enqueue(msg("1"));
+        q.enqueue(msg("2"));
+        assert_eq!(drain(&mut a_rx).len(), 2);
+        assert!(drain(&mut b_rx).is_empty());
+        q.cancel(a_id);
+        q.enqueue(msg("3"));
+        assert_eq!(drain(&mut b_rx).iter().map(body).collect::<Vec<_>>(), ["3"]);
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        for (k, v) in [
+            ("x-max-length", Value::I32(-1)),
+            ("x-overflow", Value::Str("explode".into())),
+            ("x-max-priority", Value::I32(300)),
+            ("x-expires", Value::I32(0)),
+            ("x-message-ttl", Value::Str("soon".into())),
+        ] {
+            let args: Headers = [(k.to_string(), v)].into_iter().collect();
+            assert!(QueueArgs::parse(&args).is_err(), "{k} must be refused");
+        }
     }
 }
