@@ -12,6 +12,7 @@ use super::codec::FrameWriter;
 use super::error::*;
 use super::properties::{from_amqp, headers_from_table, to_amqp};
 use super::session::{Session, ids, short};
+use crate::core::change::LogPosition;
 use crate::core::exchange::{BindingSpec, Destination, ExchangeKind, ExchangeSpec};
 use crate::core::queue::{ConsumerSpec, Queue, QueueSpec, SharedCredit};
 use crate::core::{
@@ -30,6 +31,15 @@ struct Pending {
     header: Option<(usize, Properties)>,
     body: BytesMut,
     first: Option<Bytes>,
+}
+
+/// A publisher confirm waiting to be sent.
+#[derive(Debug)]
+struct Confirm {
+    seq: u64,
+    /// The journal position that must be durable first.
+    at: Option<LogPosition>,
+    nack: bool,
 }
 
 #[derive(Debug)]
@@ -59,7 +69,8 @@ pub struct Channel {
     publish: Option<Pending>,
     confirm: bool,
     publish_seq: u64,
-    confirmed_up_to: u64,
+    /// Confirms not yet sent, in publish order.
+    confirms: VecDeque<Confirm>,
     confirm_sent: u64,
     tx: Option<Transaction>,
     consumers: HashMap<String, Subscription>,
@@ -80,7 +91,7 @@ impl Channel {
             publish: None,
             confirm: false,
             publish_seq: 0,
-            confirmed_up_to: 0,
+            confirms: VecDeque::new(),
             confirm_sent: 0,
             tx: None,
             consumers: HashMap::new(),
@@ -155,20 +166,65 @@ impl Channel {
         true
     }
 
-    /// Emits one basic.ack covering every confirm gathered since the last.
-    pub fn flush_confirms(&mut self, ch: u16, writer: &mut FrameWriter, out: &mut BytesMut) {
-        if self.confirmed_up_to > self.confirm_sent {
-            let multiple = self.confirmed_up_to - self.confirm_sent > 1;
-            writer.method(
-                out,
-                ch,
-                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
-                    delivery_tag: self.confirmed_up_to,
-                    multiple,
-                })),
-            );
-            self.confirm_sent = self.confirmed_up_to;
+    /// Whether a confirm waits for the journal.
+    pub fn awaits_durability(&self, durable: LogPosition) -> bool {
+        self.confirms
+            .front()
+            .is_some_and(|c| c.at.is_some_and(|p| p > durable))
+    }
+
+    /// Sends, in publish order, every confirm whose message is durable up
+    /// to `durable`: runs of acks as one basic.ack with `multiple`, nacks
+    /// one by one.
+    pub fn flush_confirms(
+        &mut self,
+        ch: u16,
+        durable: LogPosition,
+        writer: &mut FrameWriter,
+        out: &mut BytesMut,
+    ) {
+        let mut ack_up_to = None;
+        while let Some(c) = self.confirms.front() {
+            if c.at.is_some_and(|p| p > durable) {
+                break;
+            }
+            let c = self
+                .confirms
+                .pop_front()
+                .expect("front exists: just peeked");
+            if c.nack {
+                if let Some(up) = ack_up_to.take() {
+                    self.send_ack(ch, up, writer, out);
+                }
+                writer.method(
+                    out,
+                    ch,
+                    AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                        delivery_tag: c.seq,
+                        multiple: false,
+                        requeue: false,
+                    })),
+                );
+                self.confirm_sent = c.seq;
+            } else {
+                ack_up_to = Some(c.seq);
+            }
         }
+        if let Some(up) = ack_up_to {
+            self.send_ack(ch, up, writer, out);
+        }
+    }
+
+    fn send_ack(&mut self, ch: u16, up: u64, writer: &mut FrameWriter, out: &mut BytesMut) {
+        writer.method(
+            out,
+            ch,
+            AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: up,
+                multiple: up - self.confirm_sent > 1,
+            })),
+        );
+        self.confirm_sent = up;
     }
 }
 
@@ -1133,22 +1189,11 @@ impl Session {
             .expect("routing on an open channel");
         if c.confirm {
             c.publish_seq += 1;
-            if outcome.rejected {
-                c.flush_confirms(ch, &mut self.writer, out);
-                self.writer.method(
-                    out,
-                    ch,
-                    AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
-                        delivery_tag: c.publish_seq,
-                        multiple: false,
-                        requeue: false,
-                    })),
-                );
-                c.confirmed_up_to = c.publish_seq;
-                c.confirm_sent = c.publish_seq;
-            } else {
-                c.confirmed_up_to = c.publish_seq;
-            }
+            c.confirms.push_back(Confirm {
+                seq: c.publish_seq,
+                at: outcome.durable_at,
+                nack: outcome.rejected,
+            });
         }
         Ok(())
     }

@@ -34,6 +34,7 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut durable = broker.durable();
     let mut session = Session::new(broker, peer, tx);
     let mut codec = AmqpCodec::new(FRAME_MAX as usize);
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
@@ -107,6 +108,17 @@ where
                 if n == 0 { break; }
                 for event in batch.drain(..) {
                     session.on_event(event, &mut wbuf);
+                }
+            }
+            r = async { durable.as_mut().expect("guarded by is_some").changed().await },
+                if durable.is_some() && session.awaits_durability() => {
+                match r {
+                    Ok(()) => {
+                        let at = *durable.as_mut().expect("guarded by is_some").borrow_and_update();
+                        session.set_durable(at, &mut wbuf);
+                    }
+                    // The journal stopped: no confirm can become durable.
+                    Err(_) => durable = None,
                 }
             }
             () = shutdown.cancelled(), if !session.is_closing() && !session.is_done() => {

@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use super::channel::Channel;
 use super::codec::{FrameWriter, Inbound};
 use super::error::*;
+use crate::core::change::LogPosition;
 use crate::core::queue::Queue;
 use crate::core::{Broker, ConnectionId, ConsumerId, Event, EventSink, Settle, User, Users, VHost};
 
@@ -65,6 +66,8 @@ pub struct Session {
     sent: HashMap<ConsumerId, (Arc<Queue>, u32)>,
     /// The channel of the frame being handled, which a channel error closes.
     pub(super) current_channel: u16,
+    /// The highest journal position known durable.
+    durable: LogPosition,
 }
 
 impl Session {
@@ -87,6 +90,7 @@ impl Session {
             caps: ClientCaps::default(),
             sent: HashMap::new(),
             current_channel: 0,
+            durable: 0,
         }
     }
 
@@ -538,8 +542,21 @@ impl Session {
     /// Emits the publisher confirms gathered while handling a batch of frames.
     pub fn flush_confirms(&mut self, out: &mut BytesMut) {
         for (ch, channel) in self.channels.iter_mut() {
-            channel.flush_confirms(*ch, &mut self.writer, out);
+            channel.flush_confirms(*ch, self.durable, &mut self.writer, out);
         }
+    }
+
+    /// The journal reached `position`: confirms up to it may go out.
+    pub fn set_durable(&mut self, position: LogPosition, out: &mut BytesMut) {
+        self.durable = position;
+        self.flush_confirms(out);
+    }
+
+    /// Some confirm waits for the journal.
+    pub fn awaits_durability(&self) -> bool {
+        self.channels
+            .values()
+            .any(|c| c.awaits_durability(self.durable))
     }
 }
 

@@ -1,15 +1,24 @@
-//! Every change of durable state, as one discrete record. The vhost emits
-//! these through a `ChangeLog`; the journal writes them to disk and the
-//! replication stream ships the same records to a standby, which replays
-//! them through the same vhost methods.
+//! Every change of durable state, as one discrete record. The vhost and
+//! its queues emit these through a `ChangeLog`; the journal writes them to
+//! disk and a replication stream can ship the same records to a standby,
+//! which replays them through the same vhost methods.
 
 use std::fmt::Debug;
 
+use tokio::sync::watch;
+
 use super::exchange::{BindingSpec, ExchangeSpec};
+use super::message::Message;
 use super::names::{ExchangeName, QueueName, VHostName};
 use super::queue::QueueSpec;
 
-/// One change of durable state.
+/// A record's place in the log; positions only grow.
+pub type LogPosition = u64;
+
+/// One change of durable state. Only durable exchanges, durable
+/// non-exclusive queues, and persistent messages in such queues are
+/// recorded; queues are named in message records by their `uid`, so a
+/// queue deleted and declared again never inherits the old one's messages.
 #[derive(Clone, Debug)]
 pub enum Change {
     /// A durable exchange was declared.
@@ -17,21 +26,63 @@ pub enum Change {
     /// A durable exchange was deleted.
     ExchangeDeleted(ExchangeName),
     /// A durable queue was declared.
-    QueueDeclared(QueueSpec),
-    /// A durable queue was deleted.
-    QueueDeleted(QueueName),
-    /// A durable queue's ready messages were dropped.
-    QueuePurged(QueueName),
+    QueueDeclared {
+        /// This incarnation's id.
+        uid: u64,
+        /// Its shape.
+        spec: QueueSpec,
+    },
+    /// A durable queue was deleted, with its messages.
+    QueueDeleted {
+        /// Its name.
+        name: QueueName,
+        /// The incarnation deleted.
+        uid: u64,
+    },
     /// A binding between durable ends was made.
     Bound(BindingSpec),
     /// A binding between durable ends was removed.
     Unbound(BindingSpec),
+    /// A persistent message entered a durable queue.
+    Enqueued {
+        /// The queue.
+        queue: u64,
+        /// The message's id in the queue (its arrival order).
+        id: u64,
+        /// The message.
+        message: Message,
+    },
+    /// A persistent message was handed to a consumer (it comes back
+    /// marked redelivered after a restart).
+    Delivered {
+        /// The queue.
+        queue: u64,
+        /// The message's id.
+        id: u64,
+    },
+    /// A persistent message left its queue (acked, dead-lettered, expired,
+    /// dropped).
+    Removed {
+        /// The queue.
+        queue: u64,
+        /// The message's id.
+        id: u64,
+        /// Where its `Enqueued` record is, so the store knows which
+        /// segment lost a live message.
+        at: LogPosition,
+    },
 }
 
 /// Where changes go. The broker without storage uses `NoLog`.
 pub trait ChangeLog: Send + Sync + Debug {
-    /// Records one change of a vhost.
-    fn record(&self, vhost: &VHostName, change: Change);
+    /// Records one change of a vhost; returns its position when the change
+    /// will become durable later (a confirm must wait for it).
+    fn record(&self, vhost: &VHostName, change: Change) -> Option<LogPosition>;
+
+    /// Follows the highest durable position, for holding confirms.
+    fn durable(&self) -> Option<watch::Receiver<LogPosition>> {
+        None
+    }
 }
 
 /// Keeps nothing: the broker runs in memory.
@@ -39,5 +90,7 @@ pub trait ChangeLog: Send + Sync + Debug {
 pub struct NoLog;
 
 impl ChangeLog for NoLog {
-    fn record(&self, _vhost: &VHostName, _change: Change) {}
+    fn record(&self, _vhost: &VHostName, _change: Change) -> Option<LogPosition> {
+        None
+    }
 }

@@ -88,6 +88,11 @@ impl Broker {
             .cloned()
     }
 
+    /// Follows the journal's durable position (None without a journal).
+    pub fn durable(&self) -> Option<tokio::sync::watch::Receiver<change::LogPosition>> {
+        self.journal.durable()
+    }
+
     /// All vhosts.
     pub fn vhosts(&self) -> Vec<Arc<VHost>> {
         self.vhosts

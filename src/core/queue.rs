@@ -18,11 +18,13 @@ use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
+use super::change::{Change, ChangeLog, LogPosition};
 use super::delivery::{Delivery, Event, EventSink, Settle};
 use super::error::{CoreError, CoreResult};
 use super::message::{Headers, Message, Value};
 use super::names::{
     ConnectionId, ConsumerId, ConsumerTag, DeliveryId, ExchangeName, QueueName, RoutingKey,
+    VHostName,
 };
 
 /// How many deliveries a consumer may have sent to its connection but not
@@ -167,6 +169,15 @@ pub struct QueueSpec {
     pub arguments: Headers,
 }
 
+/// Where a durable queue records its persistent messages.
+#[derive(Clone, Debug)]
+pub struct QueueLog {
+    /// The queue's vhost.
+    pub vhost: VHostName,
+    /// The log.
+    pub log: Arc<dyn ChangeLog>,
+}
+
 /// Why a message left a queue for its dead-letter exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeadReason {
@@ -205,6 +216,8 @@ pub struct Enqueued {
     pub rejected: bool,
     /// Messages pushed out to dead-letter.
     pub dead: Vec<DeadLetter>,
+    /// The journal position a publisher's confirm must wait for.
+    pub durable_at: Option<LogPosition>,
 }
 
 /// One handed-out message returned by `get`.
@@ -283,6 +296,8 @@ struct Entry {
     message: Message,
     expires_at: Option<Instant>,
     deliveries: u32,
+    /// Where its `Enqueued` record is, when the message is journalled.
+    logged_at: Option<LogPosition>,
 }
 
 #[derive(Debug)]
@@ -317,6 +332,8 @@ struct State {
 #[derive(Debug)]
 pub struct Queue {
     me: Weak<Queue>,
+    uid: u64,
+    log: Option<QueueLog>,
     spec: QueueSpec,
     args: QueueArgs,
     state: Mutex<State>,
@@ -334,10 +351,17 @@ pub struct Aftermath {
 }
 
 impl Queue {
-    /// Creates an empty queue.
+    /// Creates an empty queue that journals nothing.
     pub fn new(spec: QueueSpec, args: QueueArgs) -> Arc<Self> {
+        Self::create(spec, args, super::names::next_id(), None)
+    }
+
+    /// Creates an empty queue; with a log, persistent messages are recorded.
+    pub fn create(spec: QueueSpec, args: QueueArgs, uid: u64, log: Option<QueueLog>) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
+            uid,
+            log,
             spec,
             args,
             state: Mutex::new(State {
@@ -354,6 +378,49 @@ impl Queue {
             }),
             timer: Notify::new(),
         })
+    }
+
+    /// This incarnation's id, used by journal records.
+    pub fn uid(&self) -> u64 {
+        self.uid
+    }
+
+    fn record(&self, change: Change) -> Option<LogPosition> {
+        let log = self.log.as_ref()?;
+        log.log.record(&log.vhost, change)
+    }
+
+    /// Journals a persistent message entering the queue.
+    fn log_enqueued(&self, id: u64, message: &Message) -> Option<LogPosition> {
+        if self.log.is_none() || !message.properties().persistent {
+            return None;
+        }
+        self.record(Change::Enqueued {
+            queue: self.uid,
+            id,
+            message: message.clone(),
+        })
+    }
+
+    /// Journals a message leaving the queue for good.
+    fn log_removed(&self, id: u64, entry: &Entry) {
+        if let Some(at) = entry.logged_at {
+            self.record(Change::Removed {
+                queue: self.uid,
+                id,
+                at,
+            });
+        }
+    }
+
+    /// Journals a hand-out, so a restart marks the message redelivered.
+    fn log_delivered(&self, id: u64, entry: &Entry) {
+        if entry.logged_at.is_some() {
+            self.record(Change::Delivered {
+                queue: self.uid,
+                id,
+            });
+        }
     }
 
     fn self_arc(&self) -> Arc<Queue> {
@@ -432,6 +499,7 @@ impl Queue {
                 message,
                 expires_at: None,
                 deliveries: 0,
+                logged_at: None,
             };
             let key = (self.rank(&entry.message), st.next_seq);
             st.next_seq += 1;
@@ -453,21 +521,24 @@ impl Queue {
         let key = (self.rank(&message), st.next_seq);
         st.next_seq += 1;
         st.ready_bytes += size;
+        let logged_at = self.log_enqueued(key.1, &message);
+        out.durable_at = logged_at;
         st.ready.insert(
             key,
             Entry {
                 message,
                 expires_at,
                 deliveries: 0,
+                logged_at,
             },
         );
         if self.args.overflow == Overflow::DropHead {
             while self.over_limit(&st) {
-                let Some((_, head)) = st.ready.pop_first() else {
+                let Some((hk, head)) = st.ready.pop_first() else {
                     break;
                 };
                 st.ready_bytes -= head.message.size() as u64;
-                self.dead_letter(head.message, DeadReason::MaxLen, &mut out.dead);
+                self.discard(hk.1, head, DeadReason::MaxLen, &mut out.dead);
             }
         }
         self.dispatch(&mut st, &mut out.dead);
@@ -495,6 +566,12 @@ impl Queue {
                 .args
                 .max_length_bytes
                 .is_some_and(|m| st.ready_bytes > m)
+    }
+
+    /// Removes an entry for good: journals it and dead-letters it.
+    fn discard(&self, id: u64, entry: Entry, reason: DeadReason, dead: &mut Vec<DeadLetter>) {
+        self.log_removed(id, &entry);
+        self.dead_letter(entry.message, reason, dead);
     }
 
     /// Places a zero-TTL message directly, or dead-letters it as expired.
@@ -565,6 +642,7 @@ impl Queue {
             delivery_count,
         }));
         if manual_ack {
+            self.log_delivered(key.1, &entry);
             st.unacked.insert(
                 id,
                 Unacked {
@@ -574,6 +652,8 @@ impl Queue {
                     credit,
                 },
             );
+        } else {
+            self.log_removed(key.1, &entry);
         }
     }
 
@@ -592,7 +672,7 @@ impl Queue {
             };
             st.ready_bytes -= entry.message.size() as u64;
             if entry.expires_at.is_some_and(|t| t <= now) {
-                self.dead_letter(entry.message, DeadReason::Expired, dead);
+                self.discard(key.1, entry, DeadReason::Expired, dead);
                 continue;
             }
             self.deliver_to(st, idx, key, entry);
@@ -710,13 +790,13 @@ impl Queue {
                 continue;
             }
             match how {
-                Settle::Ack => {}
+                Settle::Ack => self.log_removed(u.key.1, &u.entry),
                 Settle::Requeue => {
                     st.ready_bytes += u.entry.message.size() as u64;
                     st.ready.insert(u.key, u.entry);
                 }
                 Settle::Discard => {
-                    self.dead_letter(u.entry.message, DeadReason::Rejected, &mut after.dead)
+                    self.discard(u.key.1, u.entry, DeadReason::Rejected, &mut after.dead)
                 }
             }
         }
@@ -735,7 +815,7 @@ impl Queue {
         while let Some((key, mut entry)) = st.ready.pop_first() {
             st.ready_bytes -= entry.message.size() as u64;
             if entry.expires_at.is_some_and(|t| t <= now) {
-                self.dead_letter(entry.message, DeadReason::Expired, &mut after.dead);
+                self.discard(key.1, entry, DeadReason::Expired, &mut after.dead);
                 continue;
             }
             let redelivered = entry.deliveries > 0;
@@ -744,6 +824,7 @@ impl Queue {
             st.next_delivery += 1;
             let message = entry.message.clone();
             if manual_ack {
+                self.log_delivered(key.1, &entry);
                 st.unacked.insert(
                     id,
                     Unacked {
@@ -753,6 +834,8 @@ impl Queue {
                         credit: None,
                     },
                 );
+            } else {
+                self.log_removed(key.1, &entry);
             }
             let remaining = st.ready.len();
             return (
@@ -771,6 +854,11 @@ impl Queue {
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> usize {
         let mut st = self.lock();
+        // One record per journalled message rather than a purge marker:
+        // delivered-but-unsettled messages survive a purge.
+        for (key, entry) in &st.ready {
+            self.log_removed(key.1, entry);
+        }
         let n = st.ready.len();
         st.ready.clear();
         st.ready_bytes = 0;
@@ -833,9 +921,9 @@ impl Queue {
         // head keeps shorter-lived ones behind it until it goes.
         while let Some(entry) = st.ready.first_key_value().map(|(_, e)| e) {
             if entry.expires_at.is_some_and(|t| t <= now) {
-                let (_, entry) = st.ready.pop_first().expect("head exists: just peeked");
+                let (key, entry) = st.ready.pop_first().expect("head exists: just peeked");
                 st.ready_bytes -= entry.message.size() as u64;
-                self.dead_letter(entry.message, DeadReason::Expired, &mut after.dead);
+                self.discard(key.1, entry, DeadReason::Expired, &mut after.dead);
             } else {
                 break;
             }

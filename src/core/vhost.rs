@@ -15,7 +15,7 @@ use super::error::{CoreError, CoreResult};
 use super::exchange::{BindingSpec, Destination, Exchange, ExchangeKind, ExchangeSpec, Target};
 use super::message::{Headers, Message, Value};
 use super::names::{ConnectionId, ConsumerId, ExchangeName, QueueName, VHostName};
-use super::queue::{Aftermath, ConsumerSpec, DeadLetter, Queue, QueueArgs, QueueSpec};
+use super::queue::{Aftermath, ConsumerSpec, DeadLetter, Queue, QueueArgs, QueueLog, QueueSpec};
 
 /// Exchanges every vhost has, as RabbitMQ predeclares them.
 const STANDARD_EXCHANGES: [(&str, ExchangeKind); 6] = [
@@ -46,6 +46,9 @@ pub struct PublishOutcome {
     pub queues: usize,
     /// Some queue refused it (x-overflow reject-publish): confirm with a nack.
     pub rejected: bool,
+    /// The journal position the confirm must wait for, if any queue
+    /// journalled it.
+    pub durable_at: Option<super::change::LogPosition>,
 }
 
 /// The result of a queue declaration.
@@ -388,12 +391,35 @@ impl VHost {
     }
 
     fn create_queue(&self, _locked: &mut Meta, spec: QueueSpec, args: QueueArgs) -> QueueDeclared {
-        if spec.durable {
-            self.journal
-                .record(&self.name, Change::QueueDeclared(spec.clone()));
+        let uid = super::names::next_id();
+        self.install_queue(spec, args, uid, true)
+    }
+
+    /// Puts a queue in the table and starts its timer. `record` is false
+    /// when the queue comes back from the journal.
+    fn install_queue(
+        &self,
+        spec: QueueSpec,
+        args: QueueArgs,
+        uid: u64,
+        record: bool,
+    ) -> QueueDeclared {
+        let journalled = spec.durable && spec.exclusive.is_none();
+        if journalled && record {
+            self.journal.record(
+                &self.name,
+                Change::QueueDeclared {
+                    uid,
+                    spec: spec.clone(),
+                },
+            );
         }
+        let log = journalled.then(|| QueueLog {
+            vhost: self.name.clone(),
+            log: self.journal.clone(),
+        });
         let name = spec.name.clone();
-        let queue = Queue::new(spec, args);
+        let queue = Queue::create(spec, args, uid, log);
         self.queues_write().insert(name.clone(), queue.clone());
         if let Some(me) = self.me.upgrade()
             && tokio::runtime::Handle::try_current().is_ok()
@@ -445,8 +471,14 @@ impl VHost {
             }
             !hit
         });
-        if queue.spec().durable {
-            self.journal.record(&self.name, Change::QueueDeleted(name));
+        if queue.spec().durable && queue.spec().exclusive.is_none() {
+            self.journal.record(
+                &self.name,
+                Change::QueueDeleted {
+                    name,
+                    uid: queue.uid(),
+                },
+            );
         }
         self.rebuild(&meta, &changed);
         self.auto_delete_exchanges(&mut meta, &changed);
@@ -468,10 +500,6 @@ impl VHost {
     pub fn purge_queue(&self, name: &str, by: Option<ConnectionId>) -> CoreResult<usize> {
         let queue = self.existing_queue(name)?;
         check_exclusive(&queue, by)?;
-        if queue.spec().durable {
-            self.journal
-                .record(&self.name, Change::QueuePurged(queue.name().clone()));
-        }
         Ok(queue.purge())
     }
 
@@ -592,6 +620,7 @@ impl VHost {
                 continue;
             }
             let mut result = queue.enqueue(message.clone());
+            outcome.durable_at = outcome.durable_at.max(result.durable_at);
             if result.rejected {
                 outcome.rejected = true;
             } else {
