@@ -106,6 +106,12 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Largest message body accepted, bytes.
     pub max_message_bytes: usize,
+    /// A journal segment is closed and a new one begun past this size.
+    pub journal_segment_bytes: u64,
+    /// Records the journal waits to gather before one fsync...
+    pub group_commit_records: usize,
+    /// ...for at most this many microseconds.
+    pub group_commit_delay_micros: u64,
     /// Vhosts created at start.
     pub vhosts: Vec<String>,
     /// Users; guest/guest (loopback only) when none are configured.
@@ -126,6 +132,9 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             max_message_bytes: 16 * 1024 * 1024,
+            journal_segment_bytes: 64 * 1024 * 1024,
+            group_commit_records: 1,
+            group_commit_delay_micros: 0,
             vhosts: vec!["/".into()],
             users: Vec::new(),
         }

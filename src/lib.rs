@@ -15,3 +15,4 @@ pub mod config;
 pub mod core;
 pub mod server;
 pub mod stomp;
+pub mod store;

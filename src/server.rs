@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Listen, resolve};
-use crate::core::{Broker, Limits, NoLog, Users};
+use crate::core::{Broker, Limits, Users};
+use crate::store::{Journal, JournalConfig, recovery};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,14 @@ pub enum StartError {
     /// The configuration asks for something this build cannot do.
     #[error("{0}")]
     Config(String),
+    /// The data directory cannot be used.
+    #[error("data directory {dir}: {reason}")]
+    Data {
+        /// The directory.
+        dir: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// A running broker.
@@ -38,6 +47,8 @@ pub struct Server {
     pub amqp: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// Held for the server's life: the data directory is ours.
+    _lock: std::fs::File,
 }
 
 async fn bind(protocol: &'static str, listen: &Listen) -> Result<Option<TcpListener>, StartError> {
@@ -61,6 +72,31 @@ impl Server {
                 "TLS listeners (tls_cert / tls_key) are not supported by this version".into(),
             ));
         }
+        let data_err = |reason: String| StartError::Data {
+            dir: config.data_dir.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| data_err(e.to_string()))?;
+        // Two brokers on one directory would interleave their journals.
+        let lock = std::fs::File::create(config.data_dir.join("LOCK"))
+            .map_err(|e| data_err(e.to_string()))?;
+        lock.try_lock()
+            .map_err(|_| data_err("in use by another ferrymq".into()))?;
+        let journal_dir = config.data_dir.join("journal");
+        let mut recovered =
+            recovery::recover_logged(&journal_dir).map_err(|e| data_err(e.to_string()))?;
+        let journal = Journal::start(
+            JournalConfig {
+                dir: journal_dir,
+                segment_bytes: config.journal_segment_bytes,
+                group_commit_records: config.group_commit_records,
+                group_commit_delay: Duration::from_micros(config.group_commit_delay_micros),
+            },
+            recovered.next_seq,
+            recovered.defs.clone(),
+            recovered.live.clone(),
+        )
+        .map_err(|e| data_err(e.to_string()))?;
         let vhosts: Vec<&str> = config.vhosts.iter().map(String::as_str).collect();
         let broker = Broker::new(
             &vhosts,
@@ -68,8 +104,12 @@ impl Server {
             Limits {
                 max_message_bytes: config.max_message_bytes,
             },
-            Arc::new(NoLog),
+            Arc::new(journal),
         );
+        let restored = recovery::restore(&broker, &mut recovered);
+        if restored > 0 {
+            tracing::info!(messages = restored, "durable messages restored");
+        }
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let amqp = bind("AMQP", &config.amqp).await?;
@@ -97,6 +137,7 @@ impl Server {
             amqp: amqp_addr,
             shutdown,
             tracker,
+            _lock: lock,
         })
     }
 
@@ -111,6 +152,8 @@ impl Server {
         {
             tracing::warn!("some connections did not close within {grace:?}");
         }
+        let broker = self.broker.clone();
+        let _ = tokio::task::spawn_blocking(move || broker.close_journal()).await;
     }
 }
 

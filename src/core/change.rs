@@ -19,7 +19,7 @@ pub type LogPosition = u64;
 /// non-exclusive queues, and persistent messages in such queues are
 /// recorded; queues are named in message records by their `uid`, so a
 /// queue deleted and declared again never inherits the old one's messages.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     /// A durable exchange was declared.
     ExchangeDeclared(ExchangeSpec),
@@ -78,6 +78,9 @@ pub trait ChangeLog: Send + Sync + Debug {
     /// Records one change of a vhost; returns its position when the change
     /// will become durable later (a confirm must wait for it).
     fn record(&self, vhost: &VHostName, change: Change) -> Option<LogPosition>;
+
+    /// Flushes what is pending and stops; later records are dropped.
+    fn close(&self) {}
 
     /// Follows the highest durable position, for holding confirms.
     fn durable(&self) -> Option<watch::Receiver<LogPosition>> {

@@ -13,7 +13,7 @@ use super::pattern::TopicPattern;
 use super::queue::Queue;
 
 /// How an exchange routes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ExchangeKind {
     /// Binding key equals routing key.
     Direct,
@@ -50,7 +50,7 @@ impl ExchangeKind {
 }
 
 /// An exchange's declared shape.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ExchangeSpec {
     /// Its name.
     pub name: ExchangeName,
@@ -77,7 +77,7 @@ impl ExchangeSpec {
 }
 
 /// What a binding delivers to.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Destination {
     /// A queue.
     Queue(QueueName),
@@ -86,7 +86,7 @@ pub enum Destination {
 }
 
 /// A binding as declared.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BindingSpec {
     /// The exchange messages come from.
     pub source: ExchangeName,

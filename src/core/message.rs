@@ -11,7 +11,7 @@ use super::names::{ExchangeName, RoutingKey};
 
 /// A header value. The variants keep the integer widths AMQP tables carry so
 /// a message read back over AMQP has the types its publisher wrote.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Value {
     /// No value.
     Void,
@@ -98,7 +98,7 @@ impl Value {
 pub type Headers = BTreeMap<String, Value>;
 
 /// The properties every protocol can express, plus headers for the rest.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Properties {
     /// MIME content type.
     pub content_type: Option<String>,
@@ -141,6 +141,39 @@ impl Properties {
 /// pointer N times, never the body.
 #[derive(Clone, Debug)]
 pub struct Message(Arc<MessageData>);
+
+/// A message as stored: what survives a restart (the TTL clock restarts).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredMessage {
+    exchange: ExchangeName,
+    routing_key: RoutingKey,
+    properties: Properties,
+    body: Bytes,
+}
+
+impl serde::Serialize for Message {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("StoredMessage", 4)?;
+        st.serialize_field("exchange", &self.0.exchange)?;
+        st.serialize_field("routing_key", &self.0.routing_key)?;
+        st.serialize_field("properties", &self.0.properties)?;
+        st.serialize_field("body", &self.0.body)?;
+        st.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Message {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = StoredMessage::deserialize(d)?;
+        Ok(Message::new(
+            m.exchange,
+            m.routing_key,
+            m.properties,
+            m.body,
+        ))
+    }
+}
 
 /// The contents of a message.
 #[derive(Debug)]

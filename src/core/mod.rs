@@ -93,6 +93,11 @@ impl Broker {
         self.journal.durable()
     }
 
+    /// Flushes and stops the journal (at shutdown).
+    pub fn close_journal(&self) {
+        self.journal.close();
+    }
+
     /// All vhosts.
     pub fn vhosts(&self) -> Vec<Arc<VHost>> {
         self.vhosts

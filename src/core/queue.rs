@@ -155,7 +155,7 @@ impl QueueArgs {
 }
 
 /// A queue's declared shape.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct QueueSpec {
     /// Its name.
     pub name: QueueName,
@@ -891,6 +891,14 @@ impl Queue {
             return 0;
         }
         st.deleted = true;
+        // Journalled messages leave with the queue, so their segments can
+        // be reclaimed.
+        for (key, entry) in &st.ready {
+            self.log_removed(key.1, entry);
+        }
+        for u in st.unacked.values() {
+            self.log_removed(u.key.1, &u.entry);
+        }
         let n = st.ready.len();
         st.ready.clear();
         st.ready_bytes = 0;
@@ -901,6 +909,28 @@ impl Queue {
         drop(st);
         self.timer.notify_one();
         n
+    }
+
+    /// Puts back messages recovered from the journal, in their order.
+    pub fn restore(&self, messages: impl IntoIterator<Item = (u64, Message, u32, LogPosition)>) {
+        let mut st = self.lock();
+        for (id, message, deliveries, at) in messages {
+            let key = (self.rank(&message), id);
+            st.next_seq = st.next_seq.max(id + 1);
+            st.ready_bytes += message.size() as u64;
+            let expires_at = self.expiry(&message);
+            st.ready.insert(
+                key,
+                Entry {
+                    message,
+                    expires_at,
+                    deliveries,
+                    logged_at: Some(at),
+                },
+            );
+        }
+        drop(st);
+        self.timer.notify_one();
     }
 
     /// Marks the queue as used now (a redeclare counts, for x-expires).

@@ -433,6 +433,41 @@ impl VHost {
         }
     }
 
+    /// Re-creates a durable exchange read back from the journal.
+    pub fn restore_exchange(&self, spec: ExchangeSpec) {
+        let mut meta = self.meta();
+        let name = spec.name.clone();
+        meta.exchanges.insert(name.clone(), spec);
+        self.rebuild(&meta, &[name]);
+    }
+
+    /// Re-creates a durable queue and its messages read back from the journal.
+    pub fn restore_queue(
+        &self,
+        spec: QueueSpec,
+        uid: u64,
+        messages: impl IntoIterator<Item = (u64, Message, u32, super::change::LogPosition)>,
+    ) {
+        let _meta = self.meta();
+        let args = QueueArgs::parse(&spec.arguments).unwrap_or_default();
+        let name = spec.name.clone();
+        self.install_queue(spec, args, uid, false);
+        if let Some(q) = self.queue(name.as_str()) {
+            q.restore(messages);
+        }
+    }
+
+    /// Re-creates a binding read back from the journal.
+    pub fn restore_binding(&self, spec: BindingSpec) {
+        let mut meta = self.meta();
+        if meta.bindings.contains(&spec) {
+            return;
+        }
+        let source = spec.source.clone();
+        meta.bindings.push(spec);
+        self.rebuild(&meta, &[source]);
+    }
+
     /// Deletes a queue. Deleting one that does not exist succeeds with 0.
     pub fn delete_queue(
         &self,

@@ -11,10 +11,24 @@ use lapin::{Connection, ConnectionProperties};
 /// Generous bound for any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A broker on ephemeral loopback ports.
+/// A broker on ephemeral loopback ports with a fresh data directory.
 pub async fn start() -> Server {
+    start_in(&fresh_dir()).await
+}
+
+/// A new empty data directory (kept after the test for inspection).
+pub fn fresh_dir() -> std::path::PathBuf {
+    tempfile::Builder::new()
+        .prefix("ferrymq-test-")
+        .tempdir()
+        .expect("temp dir")
+        .keep()
+}
+
+/// A broker on ephemeral loopback ports over an existing data directory.
+pub async fn start_in(dir: &std::path::Path) -> Server {
     let mut config = Config::ephemeral();
-    config.data_dir = std::env::temp_dir().join(format!("ferrymq-test-{}", std::process::id()));
+    config.data_dir = dir.to_path_buf();
     Server::start(&config)
         .await
         .expect("broker starts on ephemeral ports")

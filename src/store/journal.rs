@@ -1,0 +1,324 @@
+//! The journal: an append-only log of `Change` records in segment files,
+//! written by one thread with group commit.
+//!
+//! Appenders (queue and vhost code, under their own locks) serialise a
+//! record, take the journal's mutex only to copy it into the pending
+//! buffer and get its sequence number, and go on. The writer thread takes
+//! everything pending, writes it with one `write_all`, makes it durable
+//! with one `fdatasync`, and publishes the highest durable sequence number
+//! on a watch channel that adapters wait on before confirming.
+//!
+//! Segments are named by the sequence number of their first record and
+//! begin with a checkpoint of every vhost's durable metadata, so the
+//! oldest segments can be deleted once no message in them is live.
+//! Deletion only ever takes the oldest segment: a later segment may hold
+//! the `Removed` record of a message in an earlier one.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::record::{self, Definitions};
+use crate::core::VHostName;
+use crate::core::change::{Change, ChangeLog, LogPosition};
+
+/// How the journal writes.
+#[derive(Clone, Debug)]
+pub struct JournalConfig {
+    /// Directory holding the segment files.
+    pub dir: PathBuf,
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// The writer waits for this many records before committing, up to
+    /// `group_commit_delay`; 0 or 1 commits whatever is pending at once.
+    pub group_commit_records: usize,
+    /// The longest the writer waits to gather `group_commit_records`.
+    pub group_commit_delay: Duration,
+}
+
+/// Borrowed form of `record::Entry` so appenders serialise without
+/// cloning; variant order must match `Entry`.
+#[derive(Serialize)]
+enum EntryRef<'a> {
+    Change(&'a VHostName, &'a Change),
+    Checkpoint(&'a Definitions),
+}
+
+#[derive(Debug)]
+struct Chunk {
+    /// Segment the bytes belong to.
+    segment: LogPosition,
+    /// The chunk starts that segment's file.
+    starts_segment: bool,
+    bytes: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct State {
+    next_seq: LogPosition,
+    chunks: Vec<Chunk>,
+    pending_records: usize,
+    active: LogPosition,
+    active_bytes: u64,
+    defs: Definitions,
+    /// Live (enqueued, not removed) messages per segment, oldest first.
+    live: BTreeMap<LogPosition, i64>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    durable: watch::Sender<LogPosition>,
+    config: JournalConfig,
+}
+
+/// The journal; a `ChangeLog` for the core.
+#[derive(Debug)]
+pub struct Journal {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Segment file name for a first sequence number.
+pub fn segment_path(dir: &Path, first: LogPosition) -> PathBuf {
+    dir.join(format!("{first:020}.seg"))
+}
+
+impl Journal {
+    /// Starts a journal after recovery: `next_seq` follows the last
+    /// recovered record, `defs` and `live` are what recovery rebuilt.
+    pub fn start(
+        config: JournalConfig,
+        next_seq: LogPosition,
+        defs: Definitions,
+        mut live: BTreeMap<LogPosition, i64>,
+    ) -> std::io::Result<Self> {
+        fs::create_dir_all(&config.dir)?;
+        // Every run starts a fresh segment headed by a checkpoint, so the
+        // recovered segments are never appended to.
+        let active = next_seq;
+        live.insert(active, 0);
+        let mut first = Vec::new();
+        record::encode(
+            &mut first,
+            active,
+            &postcard::to_stdvec(&EntryRef::Checkpoint(&defs)).expect("serialises"),
+        );
+        let state = State {
+            next_seq: active + 1,
+            active_bytes: first.len() as u64,
+            chunks: vec![Chunk {
+                segment: active,
+                starts_segment: true,
+                bytes: first,
+            }],
+            pending_records: 1,
+            active,
+            defs,
+            live,
+            closed: false,
+        };
+        let (durable, _) = watch::channel(active.saturating_sub(1));
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            wake: Condvar::new(),
+            durable,
+            config,
+        });
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("ferrymq-journal".into())
+            .spawn(move || writer_loop(&writer_shared))?;
+        Ok(Self {
+            shared,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends a framed record for `payload` and returns its sequence number.
+    fn push(&self, st: &mut State, payload: &[u8]) -> LogPosition {
+        if st.active_bytes >= self.shared.config.segment_bytes {
+            let seg = st.next_seq;
+            st.next_seq += 1;
+            st.active = seg;
+            st.live.insert(seg, 0);
+            let mut bytes = Vec::new();
+            let checkpoint =
+                postcard::to_stdvec(&EntryRef::Checkpoint(&st.defs)).expect("serialises");
+            record::encode(&mut bytes, seg, &checkpoint);
+            st.active_bytes = bytes.len() as u64;
+            st.chunks.push(Chunk {
+                segment: seg,
+                starts_segment: true,
+                bytes,
+            });
+            st.pending_records += 1;
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let active = st.active;
+        let chunk = match st.chunks.last_mut() {
+            Some(c) if c.segment == active => c,
+            _ => {
+                st.chunks.push(Chunk {
+                    segment: active,
+                    starts_segment: false,
+                    bytes: Vec::new(),
+                });
+                st.chunks.last_mut().expect("just pushed")
+            }
+        };
+        let before = chunk.bytes.len();
+        record::encode(&mut chunk.bytes, seq, payload);
+        st.active_bytes += (chunk.bytes.len() - before) as u64;
+        st.pending_records += 1;
+        seq
+    }
+
+    /// Flushes everything and stops the writer.
+    pub fn shutdown(&self) {
+        self.lock().closed = true;
+        self.shared.wake.notify_all();
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// Number of segment files currently kept (for tests and metrics).
+    pub fn segments(&self) -> usize {
+        self.lock().live.len()
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl ChangeLog for Journal {
+    fn record(&self, vhost: &VHostName, change: Change) -> Option<LogPosition> {
+        let payload =
+            postcard::to_stdvec(&EntryRef::Change(vhost, &change)).expect("core types serialise");
+        let mut st = self.lock();
+        if st.closed {
+            return None;
+        }
+        let seq = self.push(&mut st, &payload);
+        st.defs.apply(vhost, &change);
+        match &change {
+            Change::Enqueued { .. } => {
+                let active = st.active;
+                *st.live.entry(active).or_insert(0) += 1;
+            }
+            Change::Removed { at, .. } => {
+                if let Some((_, n)) = st.live.range_mut(..=*at).next_back() {
+                    *n -= 1;
+                }
+            }
+            _ => {}
+        }
+        drop(st);
+        self.shared.wake.notify_one();
+        Some(seq)
+    }
+
+    fn durable(&self) -> Option<watch::Receiver<LogPosition>> {
+        Some(self.shared.durable.subscribe())
+    }
+
+    fn close(&self) {
+        self.shutdown();
+    }
+}
+
+fn writer_loop(shared: &Shared) {
+    let dir = shared.config.dir.clone();
+    let mut file: Option<File> = None;
+    loop {
+        let (chunks, last, dead) = {
+            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            while st.chunks.is_empty() && !st.closed {
+                st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.chunks.is_empty() && st.closed {
+                break;
+            }
+            let want = shared.config.group_commit_records;
+            if want > 1 && st.pending_records < want && !st.closed {
+                let delay = shared.config.group_commit_delay;
+                st = shared
+                    .wake
+                    .wait_timeout_while(st, delay, |s| s.pending_records < want && !s.closed)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            st.pending_records = 0;
+            let chunks = std::mem::take(&mut st.chunks);
+            let last = st.next_seq - 1;
+            // Oldest segments with nothing live can go once newer ones exist.
+            let mut dead = Vec::new();
+            while let Some((&seg, &n)) = st.live.first_key_value() {
+                if n > 0 || seg == st.active {
+                    break;
+                }
+                st.live.remove(&seg);
+                dead.push(seg);
+            }
+            (chunks, last, dead)
+        };
+        if let Err(e) = write_chunks(&dir, &mut file, chunks) {
+            // Confirms wait on the durable position, which now stops:
+            // publishers see no confirm rather than a false one.
+            tracing::error!(error = %e, dir = %dir.display(), "journal write failed; confirms are withheld");
+            return;
+        }
+        shared.durable.send_replace(last);
+        for seg in dead {
+            if let Err(e) = fs::remove_file(segment_path(&dir, seg)) {
+                tracing::warn!(error = %e, segment = seg, "could not delete a reclaimed segment");
+            }
+        }
+    }
+    if let Some(f) = file {
+        let _ = f.sync_data();
+    }
+}
+
+fn write_chunks(dir: &Path, file: &mut Option<File>, chunks: Vec<Chunk>) -> std::io::Result<()> {
+    for chunk in chunks {
+        if chunk.starts_segment || file.is_none() {
+            if let Some(old) = file.take() {
+                old.sync_data()?;
+            }
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(segment_path(dir, chunk.segment))?;
+            // The new file's name must survive a crash too.
+            File::open(dir)?.sync_all()?;
+            *file = Some(f);
+        }
+        file.as_mut()
+            .expect("opened above")
+            .write_all(&chunk.bytes)?;
+    }
+    if let Some(f) = file {
+        f.sync_data()?;
+    }
+    Ok(())
+}
