@@ -10,7 +10,10 @@
 # Extra arguments go to the bench (e.g. --scenario NAME, repeatable).
 # Environment: MESSAGES (200000), BENCH_SECONDS (30, publishing cap per
 # scenario), RABBIT_PORT (45672), FERRYMQ_PORT (45772), FERRYMQ_ADDR and
-# FERRYMQ_PID for a ferrymq that is already running, KEEP_TMP=1 to keep logs.
+# FERRYMQ_PID for a ferrymq that is already running, KEEP_TMP=1 to keep logs,
+# QUIET_WAIT=SECONDS to wait (at most that long) before each broker's run
+# until the 1-minute load average is under QUIET_LOAD (1.0): on a shared
+# 2-core machine another build halves every figure.
 #
 # Everything it starts (RabbitMQ, its epmd, ferrymq) is stopped on exit, and
 # every wait is bounded.
@@ -59,15 +62,13 @@ cleanup() {
     local status=$?
     if [[ -n "$FERRYMQ_STARTED_PID" ]] && kill -0 "$FERRYMQ_STARTED_PID" 2>/dev/null; then
         kill -TERM "$FERRYMQ_STARTED_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$FERRYMQ_STARTED_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$FERRYMQ_STARTED_PID" 2>/dev/null || true
+        stop_pid "$FERRYMQ_STARTED_PID" 5
     fi
     if [[ -n "$RABBIT_STARTED" ]]; then
         rabbit_env timeout 30 /usr/lib/rabbitmq/bin/rabbitmqctl -n benchrabbit@localhost stop \
             >/dev/null 2>&1 || true
-        for pid in $RABBIT_PID $RABBIT_STARTED; do
-            kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-        done
+        for pid in $RABBIT_PID $RABBIT_STARTED; do stop_pid "$pid" 10; done
+        wait "$RABBIT_STARTED" 2>/dev/null || true
         # The epmd on our private port was started for this node only.
         timeout 5 epmd -port "$RABBIT_EPMD_PORT" -kill >/dev/null 2>&1 || true
     fi
@@ -79,12 +80,18 @@ trap 'exit 130' INT TERM
 
 port_open() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
 
-wait_port() { # addr seconds what
+wait_port() { # addr seconds what [pid that must stay alive]
     local deadline=$((SECONDS + $2))
     until port_open "$1"; do
+        if [[ -n "${4:-}" ]] && ! kill -0 "$4" 2>/dev/null; then say "$3 exited before answering on $1"; return 1; fi
         if ((SECONDS >= deadline)); then say "$3 did not answer on $1 within $2 s"; return 1; fi
         sleep 0.5
     done
+}
+
+stop_pid() { # pid seconds: wait for it to go, then kill it
+    for _ in $(seq $(($2 * 10))); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+    kill -KILL "$1" 2>/dev/null || true
 }
 
 # --- RabbitMQ --------------------------------------------------------------
@@ -108,7 +115,7 @@ epmd -port "$RABBIT_EPMD_PORT" -daemon
 say "starting RabbitMQ ($(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo '?')) on 127.0.0.1:$RABBIT_PORT"
 rabbit_env /usr/lib/rabbitmq/bin/rabbitmq-server >"$TMP/rabbit/stdout.log" 2>&1 &
 RABBIT_STARTED=$!
-if ! wait_port "127.0.0.1:$RABBIT_PORT" 90 RabbitMQ; then
+if ! wait_port "127.0.0.1:$RABBIT_PORT" 90 RabbitMQ "$RABBIT_STARTED"; then
     tail -n 30 "$TMP/rabbit/stdout.log" >&2 || true
     exit 1
 fi
@@ -124,13 +131,25 @@ else
     BENCH=(target/release/examples/ferrymq_bench)
 fi
 
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+wait_quiet() { # bounded by QUIET_WAIT seconds
+    local deadline=$((SECONDS + ${QUIET_WAIT:-0}))
+    while awk -v l="$(load1)" -v q="${QUIET_LOAD:-1.0}" 'BEGIN { exit !(l >= q) }' && ((SECONDS < deadline)); do
+        sleep 10
+    done
+}
+
 run_bench() { # label addr pid [args...] -> markdown rows on stdout
     local label=$1 addr=$2 pid=$3; shift 3
+    wait_quiet
+    say "$label: load average before the run $(load1)"
     local pid_args=()
     [[ -n "$pid" ]] && pid_args=(--broker-pid "$pid")
     timeout "$BENCH_TIMEOUT" "${BENCH[@]}" --amqp "$addr" --label "$label" --markdown \
         --messages "$MESSAGES" --seconds "$BENCH_SECONDS" "${pid_args[@]}" "$@" \
         || say "$label: the bench reported failures (rows say which) or timed out"
+    say "$label: load average after the run $(load1)"
 }
 
 say "RabbitMQ: running scenarios"
@@ -148,7 +167,7 @@ elif [[ -x target/release/ferrymq ]]; then
     target/release/ferrymq serve --amqp "127.0.0.1:$FERRYMQ_PORT" --mqtt off --stomp off --http off \
         --data-dir "$TMP/ferrymq" >"$TMP/ferrymq.log" 2>&1 &
     FERRYMQ_STARTED_PID=$!
-    if wait_port "127.0.0.1:$FERRYMQ_PORT" 20 ferrymq; then
+    if wait_port "127.0.0.1:$FERRYMQ_PORT" 20 ferrymq "$FERRYMQ_STARTED_PID"; then
         FERRY_ADDR="127.0.0.1:$FERRYMQ_PORT"
         FERRY_PID=$FERRYMQ_STARTED_PID
     else
