@@ -1,10 +1,120 @@
-//! A pipelined AMQP 0-9-1 load generator.
+//! A pipelined AMQP 0-9-1 load generator, for ferrymq or any other broker.
+//!
+//! Why not lapin: a client that awaits each publish measures itself, not the
+//! broker (see DEPS.md §2). This one keeps the socket full:
+//!
+//! - `wire.rs` frames bytes with amq-protocol's `parse_frame` / `gen_frame`,
+//!   checks frame-max from the header, and writes body frames by hand.
+//! - `client.rs` does the handshake (PLAIN, tune, open) and the synchronous
+//!   methods (declare, qos, confirm.select, consume, delete, close).
+//! - `producer.rs` encodes publishes in batches of about 64 KiB per write.
+//!   With confirms, a reader task settles sequence numbers and the writer
+//!   keeps at most a window of unconfirmed messages in flight.
+//! - `consumer.rs` reads in bulk, reassembles deliveries, and acks with
+//!   `multiple` every half prefetch, one write per read.
+//! - `scenario.rs` names the scenarios and runs one: queues declared under a
+//!   unique name, consumers and producers connected first, then started
+//!   together; deleted at the end, even after a failure.
+//! - `report.rs` prints rows; `rss.rs` polls the broker's resident memory.
+//!
+//! Every body starts with the nanoseconds since the scenario's start at the
+//! moment it was encoded, so latency is publish-to-receipt, end to end,
+//! including any time the message waited in the queue.
 
-/// Benchmark options.
-#[derive(clap::Args, Debug)]
-pub struct BenchArgs {}
+mod client;
+mod consumer;
+mod producer;
+mod report;
+mod rss;
+mod scenario;
+mod wire;
 
-/// Runs the benchmark.
-pub async fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the benchmark is not built yet")
+use anyhow::{Result, bail};
+use std::io::Write;
+
+pub use report::Outcome;
+pub use scenario::Scenario;
+
+/// `ferrymq bench`: run the AMQP scenarios against one broker.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// The broker's AMQP address.
+    #[arg(long, default_value = "127.0.0.1:5672", value_name = "HOST:PORT")]
+    pub amqp: String,
+    #[arg(long, default_value = "guest")]
+    pub user: String,
+    #[arg(long, default_value = "guest")]
+    pub password: String,
+    #[arg(long, default_value = "/")]
+    pub vhost: String,
+    /// Messages published per scenario (split across its producers).
+    #[arg(long, default_value_t = 200_000, value_name = "N")]
+    pub messages: u64,
+    /// Stop publishing after this many seconds, even if N is not reached.
+    #[arg(long, default_value_t = 30)]
+    pub seconds: u64,
+    /// Run only this scenario; repeat for several. Default: all of them.
+    #[arg(long = "scenario", value_name = "NAME")]
+    pub scenarios: Vec<String>,
+    /// The broker's process id, to report its peak resident memory per scenario.
+    #[arg(long, value_name = "PID")]
+    pub broker_pid: Option<u32>,
+    /// The broker's name in the table.
+    #[arg(long, default_value = "broker", value_name = "NAME")]
+    pub label: String,
+    /// Print a markdown table instead of aligned text.
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+/// Runs the selected scenarios one after another and prints a row for each.
+/// A failed scenario prints its reason and the run goes on; the result is an
+/// error if any failed.
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let selected: Vec<Scenario> = if args.scenarios.is_empty() {
+        scenario::ALL.to_vec()
+    } else {
+        args.scenarios
+            .iter()
+            .map(|name| scenario::find(name))
+            .collect::<Result<_>>()?
+    };
+    if args.messages == 0 {
+        bail!("--messages must be at least 1");
+    }
+    let target = client::Target {
+        addr: args.amqp.clone(),
+        user: args.user.clone(),
+        password: args.password.clone(),
+        vhost: args.vhost.clone(),
+    };
+    let budget = scenario::Budget {
+        messages: args.messages,
+        seconds: args.seconds,
+    };
+    let format = if args.markdown {
+        report::Format::Markdown
+    } else {
+        report::Format::Text
+    };
+    let mut out = std::io::stdout();
+    writeln!(out, "{}", report::header(format))?;
+    let mut failed = Vec::new();
+    for s in selected {
+        tracing::info!(scenario = s.name, broker = %args.amqp, "running");
+        let line = match scenario::run(&target, s, budget, args.broker_pid).await {
+            Ok(outcome) => report::row(format, &args.label, &outcome),
+            Err(err) => {
+                tracing::error!(scenario = s.name, "{err:#}");
+                failed.push(s.name);
+                report::failed_row(format, &args.label, s.name, &err)
+            }
+        };
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+    if !failed.is_empty() {
+        bail!("{} scenario(s) failed: {}", failed.len(), failed.join(", "));
+    }
+    Ok(())
 }

@@ -1,0 +1,151 @@
+//! One row per scenario, as aligned text or as a markdown table.
+
+use std::time::Duration;
+
+/// What one scenario measured.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub scenario: &'static str,
+    pub published: u64,
+    pub delivered: u64,
+    /// From the start signal to the last delivery.
+    pub elapsed: Duration,
+    /// From the start signal until the slowest producer was done (and confirmed).
+    pub publish_elapsed: Duration,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub peak_rss_kib: Option<u64>,
+}
+
+impl Outcome {
+    /// Messages delivered to consumers per second.
+    pub fn rate(&self) -> f64 {
+        per_second(self.delivered, self.elapsed)
+    }
+
+    pub fn publish_rate(&self) -> f64 {
+        per_second(self.published, self.publish_elapsed)
+    }
+}
+
+fn per_second(count: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 { count as f64 / secs } else { 0.0 }
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or_else(|| "-".to_owned(), |k| format!("{:.0}", k as f64 / 1024.0))
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Format {
+    Text,
+    Markdown,
+}
+
+const COLUMNS: [&str; 8] = [
+    "broker",
+    "scenario",
+    "messages",
+    "msg/s delivered",
+    "msg/s published",
+    "p50 ms",
+    "p99 ms",
+    "peak RSS MiB",
+];
+
+pub fn header(format: Format) -> String {
+    match format {
+        Format::Markdown => format!(
+            "| {} |\n|{}",
+            COLUMNS.join(" | "),
+            [
+                "---|", "---|", "--:|", "--:|", "--:|", "--:|", "--:|", "--:|"
+            ]
+            .concat()
+        ),
+        Format::Text => text_row(&COLUMNS.map(str::to_owned)),
+    }
+}
+
+pub fn row(format: Format, label: &str, outcome: &Outcome) -> String {
+    let cells = [
+        label.to_owned(),
+        outcome.scenario.to_owned(),
+        outcome.delivered.to_string(),
+        format!("{:.0}", outcome.rate()),
+        format!("{:.0}", outcome.publish_rate()),
+        ms(outcome.p50_us),
+        ms(outcome.p99_us),
+        mib(outcome.peak_rss_kib),
+    ];
+    match format {
+        Format::Markdown => format!("| {} |", cells.join(" | ")),
+        Format::Text => text_row(&cells),
+    }
+}
+
+pub fn failed_row(format: Format, label: &str, scenario: &str, error: &anyhow::Error) -> String {
+    // One line, and no table separators inside a markdown cell.
+    let why = format!("{error:#}").replace(['\n', '|'], " ");
+    match format {
+        Format::Markdown => format!("| {label} | {scenario} | failed: {why} | | | | | |"),
+        Format::Text => format!("{label:<10} {scenario:<18} failed: {why}"),
+    }
+}
+
+fn text_row(cells: &[String; 8]) -> String {
+    format!(
+        "{:<10} {:<18} {:>9} {:>16} {:>16} {:>8} {:>8} {:>13}",
+        cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome() -> Outcome {
+        Outcome {
+            scenario: "transient-1k",
+            published: 100_000,
+            delivered: 100_000,
+            elapsed: Duration::from_secs(2),
+            publish_elapsed: Duration::from_secs(1),
+            p50_us: 1_500,
+            p99_us: 12_346,
+            peak_rss_kib: Some(200 * 1024),
+        }
+    }
+
+    #[test]
+    fn a_markdown_row_has_one_cell_per_column() {
+        let row = row(Format::Markdown, "rabbitmq", &outcome());
+        assert_eq!(
+            row,
+            "| rabbitmq | transient-1k | 100000 | 50000 | 100000 | 1.50 | 12.35 | 200 |"
+        );
+        assert_eq!(row.matches('|').count(), COLUMNS.len() + 1);
+        assert_eq!(
+            header(Format::Markdown)
+                .lines()
+                .nth(1)
+                .unwrap()
+                .matches('|')
+                .count(),
+            COLUMNS.len() + 1
+        );
+    }
+
+    #[test]
+    fn a_failure_stays_on_one_markdown_line() {
+        let err = anyhow::anyhow!("a | b\nc");
+        let row = failed_row(Format::Markdown, "x", "s", &err);
+        assert!(!row.contains('\n'));
+        assert_eq!(row.matches('|').count(), COLUMNS.len() + 1);
+    }
+}
