@@ -15,6 +15,18 @@ use super::queue::QueueSpec;
 /// A record's place in the log; positions only grow.
 pub type LogPosition = u64;
 
+/// Where a record went: its position (for durability) and its place on
+/// disk (to read a paged-out message back, and to account segments).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Logged {
+    /// The record's position.
+    pub seq: LogPosition,
+    /// The segment it is in (the segment's first position).
+    pub segment: LogPosition,
+    /// Its byte offset in that segment.
+    pub offset: u64,
+}
+
 /// One change of durable state. Only durable exchanges, durable
 /// non-exclusive queues, and persistent messages in such queues are
 /// recorded; queues are named in message records by their `uid`, so a
@@ -67,9 +79,9 @@ pub enum Change {
         queue: u64,
         /// The message's id.
         id: u64,
-        /// Where its `Enqueued` record is, so the store knows which
-        /// segment lost a live message.
-        at: LogPosition,
+        /// The segment of its `Enqueued` record, which now holds one live
+        /// message fewer.
+        segment: LogPosition,
     },
 }
 
@@ -77,7 +89,17 @@ pub enum Change {
 pub trait ChangeLog: Send + Sync + Debug {
     /// Records one change of a vhost; returns its position when the change
     /// will become durable later (a confirm must wait for it).
-    fn record(&self, vhost: &VHostName, change: Change) -> Option<LogPosition>;
+    fn record(&self, vhost: &VHostName, change: Change) -> Option<Logged>;
+
+    /// Reads back a record written earlier (a paged-out message).
+    fn read(&self, _segment: LogPosition, _offset: u64) -> Option<Change> {
+        None
+    }
+
+    /// The highest position known durable now.
+    fn durable_position(&self) -> LogPosition {
+        0
+    }
 
     /// Flushes what is pending and stops; later records are dropped.
     fn close(&self) {}
@@ -93,7 +115,7 @@ pub trait ChangeLog: Send + Sync + Debug {
 pub struct NoLog;
 
 impl ChangeLog for NoLog {
-    fn record(&self, _vhost: &VHostName, _change: Change) -> Option<LogPosition> {
+    fn record(&self, _vhost: &VHostName, _change: Change) -> Option<Logged> {
         None
     }
 }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
-use super::change::{Change, ChangeLog, LogPosition};
+use super::change::{Change, ChangeLog, LogPosition, Logged};
 use super::delivery::{Delivery, Event, EventSink, Settle};
 use super::error::{CoreError, CoreResult};
 use super::message::{Headers, Message, Value};
@@ -293,12 +293,52 @@ impl Consumer {
 
 #[derive(Debug)]
 struct Entry {
-    message: Message,
+    /// The message; `None` while paged out to the journal.
+    message: Option<Message>,
+    /// Body bytes, for length limits while paged out.
+    size: u32,
     expires_at: Option<Instant>,
     deliveries: u32,
     /// Where its `Enqueued` record is, when the message is journalled.
-    logged_at: Option<LogPosition>,
+    logged: Option<Logged>,
 }
+
+impl Entry {
+    fn new(message: Message, expires_at: Option<Instant>, logged: Option<Logged>) -> Self {
+        let size = message.size() as u32;
+        Self {
+            message: Some(message),
+            size,
+            expires_at,
+            deliveries: 0,
+            logged,
+        }
+    }
+}
+
+/// A message read back from the journal at start-up.
+#[derive(Debug)]
+pub struct Restored {
+    /// Its id in the queue.
+    pub id: u64,
+    /// The message, or `None` to leave it on disk until needed.
+    pub message: Option<Message>,
+    /// Its priority (for the queue's order while paged out).
+    pub priority: Option<u8>,
+    /// Its per-message TTL in milliseconds.
+    pub ttl: Option<u64>,
+    /// Body bytes.
+    pub size: u32,
+    /// Times it was handed out before.
+    pub deliveries: u32,
+    /// Its `Enqueued` record.
+    pub logged: Logged,
+}
+
+/// Ready messages a queue keeps in memory; beyond this, journalled
+/// messages live on disk once durable and are read back when their turn
+/// comes, so a deep backlog costs an index entry each, not a body.
+pub const MEMORY_MESSAGES: usize = 8192;
 
 #[derive(Debug)]
 struct Unacked {
@@ -325,6 +365,9 @@ struct State {
     deleted: bool,
     had_consumers: bool,
     last_used: Instant,
+    /// Journalled messages beyond the in-memory window whose bodies go to
+    /// disk once durable, oldest first.
+    to_page: std::collections::VecDeque<ReadyKey>,
 }
 
 /// One queue. Shared as `Arc<Queue>` by the vhost, the routes snapshot and
@@ -375,6 +418,7 @@ impl Queue {
                 deleted: false,
                 had_consumers: false,
                 last_used: Instant::now(),
+                to_page: std::collections::VecDeque::new(),
             }),
             timer: Notify::new(),
         })
@@ -385,13 +429,13 @@ impl Queue {
         self.uid
     }
 
-    fn record(&self, change: Change) -> Option<LogPosition> {
+    fn record(&self, change: Change) -> Option<Logged> {
         let log = self.log.as_ref()?;
         log.log.record(&log.vhost, change)
     }
 
     /// Journals a persistent message entering the queue.
-    fn log_enqueued(&self, id: u64, message: &Message) -> Option<LogPosition> {
+    fn log_enqueued(&self, id: u64, message: &Message) -> Option<Logged> {
         if self.log.is_none() || !message.properties().persistent {
             return None;
         }
@@ -404,18 +448,18 @@ impl Queue {
 
     /// Journals a message leaving the queue for good.
     fn log_removed(&self, id: u64, entry: &Entry) {
-        if let Some(at) = entry.logged_at {
+        if let Some(logged) = entry.logged {
             self.record(Change::Removed {
                 queue: self.uid,
                 id,
-                at,
+                segment: logged.segment,
             });
         }
     }
 
     /// Journals a hand-out, so a restart marks the message redelivered.
     fn log_delivered(&self, id: u64, entry: &Entry) {
-        if entry.logged_at.is_some() {
+        if entry.logged.is_some() {
             self.record(Change::Delivered {
                 queue: self.uid,
                 id,
@@ -459,6 +503,15 @@ impl Queue {
     pub fn ready_bytes(&self) -> u64 {
         self.lock().ready_bytes
     }
+    /// Ready messages whose bodies are on disk only (walks the queue:
+    /// for tests and diagnostics, not for scrapes).
+    pub fn paged_count(&self) -> usize {
+        self.lock()
+            .ready
+            .values()
+            .filter(|e| e.message.is_none())
+            .count()
+    }
     /// Consumers attached.
     pub fn consumer_count(&self) -> usize {
         self.lock().consumers.len()
@@ -468,19 +521,23 @@ impl Queue {
         self.lock().deleted
     }
 
-    fn rank(&self, message: &Message) -> u8 {
+    fn rank(&self, priority: Option<u8>) -> u8 {
         match self.args.max_priority {
             None => 0,
-            Some(max) => max - message.properties().priority.unwrap_or(0).min(max),
+            Some(max) => max - priority.unwrap_or(0).min(max),
         }
     }
 
     fn expiry(&self, message: &Message) -> Option<Instant> {
-        let ttl = match (self.args.message_ttl, message.properties().ttl_millis()) {
+        self.expiry_from(message.received(), message.properties().ttl_millis())
+    }
+
+    fn expiry_from(&self, received: Instant, message_ttl: Option<u64>) -> Option<Instant> {
+        let ttl = match (self.args.message_ttl, message_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }?;
-        Some(message.received() + Duration::from_millis(ttl))
+        Some(received + Duration::from_millis(ttl))
     }
 
     /// Appends a message, enforces the length limits, and hands it to a
@@ -495,13 +552,8 @@ impl Queue {
             if st.deleted {
                 return out;
             }
-            let entry = Entry {
-                message,
-                expires_at: None,
-                deliveries: 0,
-                logged_at: None,
-            };
-            let key = (self.rank(&entry.message), st.next_seq);
+            let key = (self.rank(message.properties().priority), st.next_seq);
+            let entry = Entry::new(message, None, None);
             st.next_seq += 1;
             self.hand_to_consumer(&mut st, key, entry, &mut out.dead);
             return out;
@@ -518,30 +570,27 @@ impl Queue {
             }
             return out;
         }
-        let key = (self.rank(&message), st.next_seq);
+        let key = (self.rank(message.properties().priority), st.next_seq);
         st.next_seq += 1;
         st.ready_bytes += size;
-        let logged_at = self.log_enqueued(key.1, &message);
-        out.durable_at = logged_at;
-        st.ready.insert(
-            key,
-            Entry {
-                message,
-                expires_at,
-                deliveries: 0,
-                logged_at,
-            },
-        );
+        let logged = self.log_enqueued(key.1, &message);
+        out.durable_at = logged.map(|l| l.seq);
+        if logged.is_some() && st.ready.len() >= MEMORY_MESSAGES {
+            st.to_page.push_back(key);
+        }
+        st.ready
+            .insert(key, Entry::new(message, expires_at, logged));
         if self.args.overflow == Overflow::DropHead {
             while self.over_limit(&st) {
                 let Some((hk, head)) = st.ready.pop_first() else {
                     break;
                 };
-                st.ready_bytes -= head.message.size() as u64;
+                st.ready_bytes -= u64::from(head.size);
                 self.discard(hk.1, head, DeadReason::MaxLen, &mut out.dead);
             }
         }
         self.dispatch(&mut st, &mut out.dead);
+        self.page_out(&mut st);
         if expires_at.is_some() && st.ready.len() == 1 {
             self.timer.notify_one();
         }
@@ -571,7 +620,44 @@ impl Queue {
     /// Removes an entry for good: journals it and dead-letters it.
     fn discard(&self, id: u64, entry: Entry, reason: DeadReason, dead: &mut Vec<DeadLetter>) {
         self.log_removed(id, &entry);
-        self.dead_letter(entry.message, reason, dead);
+        if self.args.dead_letter_exchange.is_some()
+            && let Some(message) = self.message_of(&entry)
+        {
+            self.dead_letter(message, reason, dead);
+        }
+    }
+
+    /// The entry's message, read back from the journal if paged out.
+    fn message_of(&self, entry: &Entry) -> Option<Message> {
+        if let Some(m) = &entry.message {
+            return Some(m.clone());
+        }
+        let (logged, log) = (entry.logged?, self.log.as_ref()?);
+        match log.log.read(logged.segment, logged.offset) {
+            Some(Change::Enqueued { message, .. }) => Some(message),
+            _ => {
+                tracing::error!(queue = %self.spec.name, segment = logged.segment, offset = logged.offset,
+                    "a paged-out message could not be read back from the journal");
+                None
+            }
+        }
+    }
+
+    /// Drops the bodies of durable messages beyond the in-memory window.
+    fn page_out(&self, st: &mut State) {
+        let Some(log) = &self.log else { return };
+        if st.to_page.is_empty() {
+            return;
+        }
+        let durable = log.log.durable_position();
+        while let Some(key) = st.to_page.front().copied() {
+            match st.ready.get_mut(&key) {
+                Some(e) if e.logged.is_some_and(|l| l.seq > durable) => break,
+                Some(e) => e.message = None,
+                None => {}
+            }
+            st.to_page.pop_front();
+        }
     }
 
     /// Places a zero-TTL message directly, or dead-letters it as expired.
@@ -588,7 +674,9 @@ impl Queue {
             self.deliver_to(st, idx, key, entry);
             return;
         }
-        self.dead_letter(entry.message, DeadReason::Expired, dead);
+        if let Some(message) = entry.message {
+            self.dead_letter(message, DeadReason::Expired, dead);
+        }
     }
 
     /// Index of the consumer that gets the next message: the highest
@@ -624,7 +712,12 @@ impl Queue {
         let consumer = &mut st.consumers[idx];
         consumer.unsent += 1;
         let consumer_id = consumer.spec.id;
-        let message = entry.message.clone();
+        let Some(message) = self.message_of(&entry) else {
+            // Unreadable: already logged as an error; it cannot be delivered.
+            self.log_removed(key.1, &entry);
+            return;
+        };
+        let consumer = &mut st.consumers[idx];
         let manual_ack = consumer.spec.manual_ack;
         let credit = consumer.spec.shared_credit.clone().filter(|_| manual_ack);
         if manual_ack {
@@ -670,7 +763,7 @@ impl Queue {
             let Some((key, entry)) = st.ready.pop_first() else {
                 return;
             };
-            st.ready_bytes -= entry.message.size() as u64;
+            st.ready_bytes -= u64::from(entry.size);
             if entry.expires_at.is_some_and(|t| t <= now) {
                 self.discard(key.1, entry, DeadReason::Expired, dead);
                 continue;
@@ -792,7 +885,7 @@ impl Queue {
             match how {
                 Settle::Ack => self.log_removed(u.key.1, &u.entry),
                 Settle::Requeue => {
-                    st.ready_bytes += u.entry.message.size() as u64;
+                    st.ready_bytes += u64::from(u.entry.size);
                     st.ready.insert(u.key, u.entry);
                 }
                 Settle::Discard => {
@@ -813,16 +906,19 @@ impl Queue {
         st.last_used = Instant::now();
         let now = Instant::now();
         while let Some((key, mut entry)) = st.ready.pop_first() {
-            st.ready_bytes -= entry.message.size() as u64;
+            st.ready_bytes -= u64::from(entry.size);
             if entry.expires_at.is_some_and(|t| t <= now) {
                 self.discard(key.1, entry, DeadReason::Expired, &mut after.dead);
                 continue;
             }
+            let Some(message) = self.message_of(&entry) else {
+                self.log_removed(key.1, &entry);
+                continue;
+            };
             let redelivered = entry.deliveries > 0;
             entry.deliveries += 1;
             let id = DeliveryId(st.next_delivery);
             st.next_delivery += 1;
-            let message = entry.message.clone();
             if manual_ack {
                 self.log_delivered(key.1, &entry);
                 st.unacked.insert(
@@ -912,22 +1008,22 @@ impl Queue {
     }
 
     /// Puts back messages recovered from the journal, in their order.
-    pub fn restore(&self, messages: impl IntoIterator<Item = (u64, Message, u32, LogPosition)>) {
+    pub fn restore(&self, messages: impl IntoIterator<Item = Restored>) {
         let mut st = self.lock();
-        for (id, message, deliveries, at) in messages {
-            let key = (self.rank(&message), id);
-            st.next_seq = st.next_seq.max(id + 1);
-            st.ready_bytes += message.size() as u64;
-            let expires_at = self.expiry(&message);
-            st.ready.insert(
-                key,
-                Entry {
-                    message,
-                    expires_at,
-                    deliveries,
-                    logged_at: Some(at),
-                },
-            );
+        let now = Instant::now();
+        for m in messages {
+            let key = (self.rank(m.priority), m.id);
+            st.next_seq = st.next_seq.max(m.id + 1);
+            st.ready_bytes += u64::from(m.size);
+            let expires_at = self.expiry_from(now, m.ttl);
+            let entry = Entry {
+                message: m.message,
+                size: m.size,
+                expires_at,
+                deliveries: m.deliveries,
+                logged: Some(m.logged),
+            };
+            st.ready.insert(key, entry);
         }
         drop(st);
         self.timer.notify_one();
@@ -952,7 +1048,7 @@ impl Queue {
         while let Some(entry) = st.ready.first_key_value().map(|(_, e)| e) {
             if entry.expires_at.is_some_and(|t| t <= now) {
                 let (key, entry) = st.ready.pop_first().expect("head exists: just peeked");
-                st.ready_bytes -= entry.message.size() as u64;
+                st.ready_bytes -= u64::from(entry.size);
                 self.discard(key.1, entry, DeadReason::Expired, &mut after.dead);
             } else {
                 break;

@@ -446,7 +446,7 @@ impl VHost {
         &self,
         spec: QueueSpec,
         uid: u64,
-        messages: impl IntoIterator<Item = (u64, Message, u32, super::change::LogPosition)>,
+        messages: impl IntoIterator<Item = super::queue::Restored>,
     ) {
         let _meta = self.meta();
         let args = QueueArgs::parse(&spec.arguments).unwrap_or_default();

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use super::record::{self, Definitions};
 use crate::core::VHostName;
-use crate::core::change::{Change, ChangeLog, LogPosition};
+use crate::core::change::{Change, ChangeLog, LogPosition, Logged};
 
 /// How the journal writes.
 #[derive(Clone, Debug)]
@@ -79,6 +79,8 @@ struct Shared {
     wake: Condvar,
     durable: watch::Sender<LogPosition>,
     config: JournalConfig,
+    /// Open segment files for reading paged-out messages back.
+    files: Mutex<std::collections::HashMap<LogPosition, Arc<File>>>,
 }
 
 /// The journal; a `ChangeLog` for the core.
@@ -133,6 +135,7 @@ impl Journal {
             wake: Condvar::new(),
             durable,
             config,
+            files: Mutex::new(std::collections::HashMap::new()),
         });
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
@@ -148,8 +151,8 @@ impl Journal {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends a framed record for `payload` and returns its sequence number.
-    fn push(&self, st: &mut State, payload: &[u8]) -> LogPosition {
+    /// Appends a framed record for `payload` and says where it goes.
+    fn push(&self, st: &mut State, payload: &[u8]) -> Logged {
         if st.active_bytes >= self.shared.config.segment_bytes {
             let seg = st.next_seq;
             st.next_seq += 1;
@@ -183,9 +186,14 @@ impl Journal {
         };
         let before = chunk.bytes.len();
         record::encode(&mut chunk.bytes, seq, payload);
+        let offset = st.active_bytes;
         st.active_bytes += (chunk.bytes.len() - before) as u64;
         st.pending_records += 1;
-        seq
+        Logged {
+            seq,
+            segment: active,
+            offset,
+        }
     }
 
     /// Flushes everything and stops the writer.
@@ -211,22 +219,19 @@ impl Drop for Journal {
 }
 
 impl ChangeLog for Journal {
-    fn record(&self, vhost: &VHostName, change: Change) -> Option<LogPosition> {
+    fn record(&self, vhost: &VHostName, change: Change) -> Option<Logged> {
         let payload =
             postcard::to_stdvec(&EntryRef::Change(vhost, &change)).expect("core types serialise");
         let mut st = self.lock();
         if st.closed {
             return None;
         }
-        let seq = self.push(&mut st, &payload);
+        let logged = self.push(&mut st, &payload);
         st.defs.apply(vhost, &change);
         match &change {
-            Change::Enqueued { .. } => {
-                let active = st.active;
-                *st.live.entry(active).or_insert(0) += 1;
-            }
-            Change::Removed { at, .. } => {
-                if let Some((_, n)) = st.live.range_mut(..=*at).next_back() {
+            Change::Enqueued { .. } => *st.live.entry(logged.segment).or_insert(0) += 1,
+            Change::Removed { segment, .. } => {
+                if let Some(n) = st.live.get_mut(segment) {
                     *n -= 1;
                 }
             }
@@ -234,7 +239,39 @@ impl ChangeLog for Journal {
         }
         drop(st);
         self.shared.wake.notify_one();
-        Some(seq)
+        Some(logged)
+    }
+
+    fn read(&self, segment: LogPosition, offset: u64) -> Option<Change> {
+        use std::os::unix::fs::FileExt;
+        let file = {
+            let mut files = self.shared.files.lock().unwrap_or_else(|p| p.into_inner());
+            match files.get(&segment) {
+                Some(f) => f.clone(),
+                None => {
+                    let f =
+                        Arc::new(File::open(segment_path(&self.shared.config.dir, segment)).ok()?);
+                    files.insert(segment, f.clone());
+                    f
+                }
+            }
+        };
+        let mut head = [0u8; 4];
+        file.read_exact_at(&mut head, offset).ok()?;
+        let len = u32::from_le_bytes(head) as usize;
+        if len > record::MAX_RECORD {
+            return None;
+        }
+        let mut buf = vec![0u8; 8 + len];
+        file.read_exact_at(&mut buf, offset).ok()?;
+        match record::decode(&buf) {
+            Ok((_, record::Entry::Change(_, change), _)) => Some(change),
+            _ => None,
+        }
+    }
+
+    fn durable_position(&self) -> LogPosition {
+        *self.shared.durable.borrow()
     }
 
     fn durable(&self) -> Option<watch::Receiver<LogPosition>> {
@@ -289,6 +326,11 @@ fn writer_loop(shared: &Shared) {
         }
         shared.durable.send_replace(last);
         for seg in dead {
+            shared
+                .files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&seg);
             if let Err(e) = fs::remove_file(segment_path(&dir, seg)) {
                 tracing::warn!(error = %e, segment = seg, "could not delete a reclaimed segment");
             }

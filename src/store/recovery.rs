@@ -13,18 +13,28 @@ use std::time::Instant;
 
 use super::journal::segment_path;
 use super::record::{self, Definitions, Entry, RecordError};
-use crate::core::change::{Change, LogPosition};
+use crate::core::change::{Change, LogPosition, Logged};
+use crate::core::queue::{MEMORY_MESSAGES, Restored};
 use crate::core::{Broker, Message};
 
-/// A message that was live at the crash.
+/// A message that was live at the crash. Only the first
+/// `MEMORY_MESSAGES` of a queue keep their body; the rest are read back
+/// from the journal when their turn comes, so recovering a deep backlog
+/// costs memory for its index, not its bodies.
 #[derive(Debug)]
 pub struct LiveMessage {
-    /// The message.
-    pub message: Message,
+    /// The message, if kept in memory.
+    pub message: Option<Message>,
+    /// Its priority.
+    pub priority: Option<u8>,
+    /// Its per-message TTL, milliseconds.
+    pub ttl: Option<u64>,
+    /// Body bytes.
+    pub size: u32,
     /// Times it was handed out.
     pub deliveries: u32,
     /// Where its `Enqueued` record is.
-    pub at: LogPosition,
+    pub logged: Logged,
 }
 
 /// What the journal held.
@@ -93,7 +103,12 @@ pub fn recover(dir: &Path) -> Result<Recovered, RecoveryError> {
         while at < data.len() {
             match record::decode(&data[at..]) {
                 Ok((seq, entry, used)) => {
-                    apply(&mut out, seg, seq, entry);
+                    let logged = Logged {
+                        seq,
+                        segment: seg,
+                        offset: at as u64,
+                    };
+                    apply(&mut out, logged, entry);
                     out.next_seq = out.next_seq.max(seq + 1);
                     out.records += 1;
                     at += used;
@@ -119,7 +134,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, RecoveryError> {
     Ok(out)
 }
 
-fn apply(out: &mut Recovered, segment: LogPosition, seq: LogPosition, entry: Entry) {
+fn apply(out: &mut Recovered, logged: Logged, entry: Entry) {
     let (vhost, change) = match entry {
         Entry::Checkpoint(defs) => {
             out.defs = defs;
@@ -130,25 +145,28 @@ fn apply(out: &mut Recovered, segment: LogPosition, seq: LogPosition, entry: Ent
     out.defs.apply(&vhost, &change);
     match change {
         Change::Enqueued { queue, id, message } => {
-            *out.live.entry(segment).or_insert(0) += 1;
-            out.messages.entry(queue).or_default().insert(
-                id,
-                LiveMessage {
-                    message,
-                    deliveries: 0,
-                    at: seq,
-                },
-            );
+            *out.live.entry(logged.segment).or_insert(0) += 1;
+            let q = out.messages.entry(queue).or_default();
+            let keep = q.len() < MEMORY_MESSAGES;
+            let live = LiveMessage {
+                priority: message.properties().priority,
+                ttl: message.properties().ttl_millis(),
+                size: message.size() as u32,
+                message: keep.then_some(message),
+                deliveries: 0,
+                logged,
+            };
+            q.insert(id, live);
         }
         Change::Delivered { queue, id } => {
             if let Some(m) = out.messages.get_mut(&queue).and_then(|q| q.get_mut(&id)) {
                 m.deliveries += 1;
             }
         }
-        Change::Removed { queue, id, at } => {
+        Change::Removed { queue, id, segment } => {
             let removed = out.messages.get_mut(&queue).and_then(|q| q.remove(&id));
             if removed.is_some()
-                && let Some((_, n)) = out.live.range_mut(..=at).next_back()
+                && let Some(n) = out.live.get_mut(&segment)
             {
                 *n -= 1;
             }
@@ -175,9 +193,15 @@ pub fn restore(broker: &Arc<Broker>, rec: &mut Recovered) -> usize {
             vhost.restore_queue(
                 spec.clone(),
                 *uid,
-                messages
-                    .into_iter()
-                    .map(|(id, m)| (id, m.message, m.deliveries, m.at)),
+                messages.into_iter().map(|(id, m)| Restored {
+                    id,
+                    message: m.message,
+                    priority: m.priority,
+                    ttl: m.ttl,
+                    size: m.size,
+                    deliveries: m.deliveries,
+                    logged: m.logged,
+                }),
             );
         }
         for b in &defs.bindings {
@@ -271,7 +295,7 @@ mod tests {
                 Change::Removed {
                     queue: 1,
                     id: i,
-                    at: at[i as usize],
+                    segment: at[i as usize].segment,
                 },
             );
         }
