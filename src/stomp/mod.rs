@@ -6,4 +6,6 @@
 //! state, heart-beats, receipts, transactions) comes later; for now this
 //! module holds the frame types and the codec.
 
+pub mod codec;
+mod escape;
 pub mod frame;
