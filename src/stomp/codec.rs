@@ -105,6 +105,9 @@ pub enum CodecError {
     Io(#[from] std::io::Error),
 }
 
+/// The least the buffer grows by while a body of known size arrives.
+const RESERVE_STEP: usize = 64 << 10;
+
 /// How much of an unknown command line its error repeats.
 const MAX_SHOWN_COMMAND: usize = 40;
 
@@ -236,9 +239,12 @@ impl StompCodec {
                 Some(0) => length,
                 Some(_) => return Err(CodecError::MissingNul),
                 None => {
-                    // The size is known and within the limit: make room once
-                    // instead of growing the buffer read by read.
-                    buf.reserve(length + 1 - buf.len());
+                    // Grow toward the known size geometrically, so a big body
+                    // is not copied read after read, but never by much more
+                    // than has arrived: a peer that declares 16 MiB and sends
+                    // nothing gets 64 KiB.
+                    let wanted = length + 1 - buf.len();
+                    buf.reserve(wanted.min(buf.capacity().max(RESERVE_STEP)));
                     return Ok(None);
                 }
             },
@@ -1426,11 +1432,34 @@ mod tests {
     }
 
     #[test]
-    fn a_declared_body_size_reserves_the_buffer_once() {
+    fn a_declared_body_size_grows_the_buffer_in_steps_not_at_once() {
         let mut codec = StompCodec::default();
-        let mut buf = BytesMut::from(&b"SEND\ncontent-length:100000\n\nabc"[..]);
+        let mut buf = BytesMut::from(&b"SEND\ncontent-length:1000000\n\nabc"[..]);
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
-        assert!(buf.capacity() > 100_000, "capacity {}", buf.capacity());
+        assert!(
+            buf.capacity() >= RESERVE_STEP,
+            "capacity {}",
+            buf.capacity()
+        );
+        assert!(
+            buf.capacity() < 2 * RESERVE_STEP,
+            "capacity {}",
+            buf.capacity()
+        );
+        let mut steps = 0;
+        let mut body = 3;
+        while body < 1_000_000 {
+            let read = (buf.capacity() - buf.len()).min(1_000_000 - body);
+            buf.extend_from_slice(&vec![b'x'; read]);
+            body += read;
+            assert_eq!(codec.decode(&mut buf).unwrap(), None);
+            steps += 1;
+        }
+        assert!(steps <= 6, "{steps} steps to a 1 MB body");
+        buf.extend_from_slice(b"\0");
+        assert!(
+            matches!(codec.decode(&mut buf).unwrap(), Some(Item::Frame(f)) if f.body.len() == 1_000_000)
+        );
     }
 
     #[test]
