@@ -421,13 +421,18 @@ fn parse_header(line: &[u8], escaping: Escaping) -> Result<(String, String), Cod
     Ok((escaping.unescape(name)?, escaping.unescape(value)?))
 }
 
-/// Reads a `content-length` value: decimal digits, optionally between
-/// spaces or tabs. A number too big for memory is simply too large.
-fn parse_content_length(value: &str, limits: &Limits) -> Result<usize, CodecError> {
+/// The digits of a `content-length` value: decimal, optionally between
+/// spaces or tabs (RabbitMQ strips spaces there too).
+fn length_digits(value: &str) -> Option<&str> {
     let digits = value.trim_matches([' ', '\t']);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(CodecError::BadContentLength(value.to_owned()));
-    }
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
+}
+
+/// Reads a decoded `content-length`. A number too big for memory is simply
+/// too large.
+fn parse_content_length(value: &str, limits: &Limits) -> Result<usize, CodecError> {
+    let digits =
+        length_digits(value).ok_or_else(|| CodecError::BadContentLength(value.to_owned()))?;
     digits.parse().map_err(|_| CodecError::TooLarge {
         limit: limits.max_frame_bytes,
     })
@@ -438,11 +443,8 @@ fn parse_content_length(value: &str, limits: &Limits) -> Result<usize, CodecErro
 /// not search them for NUL; other frames only when the body holds a NUL.
 fn adds_content_length(frame: &Frame) -> Result<bool, CodecError> {
     if let Some(value) = frame.header("content-length") {
-        let digits = value.trim_matches([' ', '\t']);
-        return match digits.parse::<usize>() {
-            Ok(n) if n == frame.body.len() && digits.bytes().all(|b| b.is_ascii_digit()) => {
-                Ok(false)
-            }
+        return match length_digits(value).and_then(|digits| digits.parse::<usize>().ok()) {
+            Some(length) if length == frame.body.len() => Ok(false),
             _ => Err(CodecError::BadContentLength(value.to_owned())),
         };
     }
