@@ -321,6 +321,20 @@ impl Decoder for StompCodec {
         }
         self.decode_frame(buf)
     }
+
+    /// Like the default, but a frame whose header lines were already taken
+    /// from the buffer still counts as unfinished.
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Item>, CodecError> {
+        match self.decode(buf)? {
+            Some(item) => Ok(Some(item)),
+            None if buf.is_empty() && self.partial.is_none() => Ok(None),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed inside a frame",
+            )
+            .into()),
+        }
+    }
 }
 
 impl Encoder<Frame> for StompCodec {
@@ -1122,6 +1136,31 @@ mod tests {
             .encode(Item::Heartbeat, &mut dst)
             .unwrap();
         assert_eq!(dst, &b"\n"[..]);
+    }
+
+    #[test]
+    fn end_of_stream_is_clean_between_frames_and_an_error_inside_one() {
+        let mut codec = StompCodec::default();
+        let mut buf = BytesMut::from(&b"SEND\n\nx\0\n"[..]);
+        assert!(matches!(
+            codec.decode_eof(&mut buf).unwrap(),
+            Some(Item::Frame(_))
+        ));
+        assert_eq!(codec.decode_eof(&mut buf).unwrap(), Some(Item::Heartbeat));
+        assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+        for truncated in [
+            &b"SEND\ndestination:/queue/a\n"[..],
+            b"SEND\n\nab",
+            b"SE",
+            b"\r",
+        ] {
+            let mut codec = StompCodec::default();
+            let mut buf = BytesMut::from(truncated);
+            assert!(
+                matches!(codec.decode_eof(&mut buf), Err(CodecError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+                "{truncated:?}"
+            );
+        }
     }
 
     // Errors.
