@@ -24,11 +24,11 @@
 //!   it would read as a CR LF line end. Likewise the encoder refuses, with
 //!   [`CodecError::Unencodable`] and nothing written, a header that the frame
 //!   cannot carry (a line break in a 1.0 header, `:` in a 1.0 name) rather
-//!   than altering it; the session decides what to send instead.
+//!   than altering it; the adapter decides what to send instead.
 //! - Every EOL between frames is one [`Item::Heartbeat`], including the EOLs
 //!   that many clients put after each NUL, so the items do not depend on how
 //!   the bytes were split into reads.
-//! - After an error the codec's state is unspecified: the session answers
+//! - After an error the codec's state is unspecified: the adapter answers
 //!   with an ERROR frame and closes the connection (STOMP 1.2, "ERROR").
 //!
 //! The decoder parses each header line as soon as it is complete and drops it

@@ -48,7 +48,7 @@ impl fmt::Display for Version {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Command {
     // Client frames.
-    /// `CONNECT`: opens the session.
+    /// `CONNECT`: opens the connection.
     Connect,
     /// `STOMP`: the 1.1+ spelling of CONNECT.
     Stomp,
@@ -68,7 +68,7 @@ pub enum Command {
     Commit,
     /// `ABORT`: roll a transaction back.
     Abort,
-    /// `DISCONNECT`: close the session politely.
+    /// `DISCONNECT`: closes the connection politely.
     Disconnect,
     // Server frames.
     /// `CONNECTED`: the answer to CONNECT / STOMP.
@@ -212,7 +212,7 @@ impl Frame {
     }
 
     /// `CONNECTED`, with the `version` header from 1.1 on (a 1.0 client
-    /// expects none). The session adds `heart-beat`, `server` and `session`.
+    /// expects none). The adapter adds `heart-beat`, `server` and `session`.
     pub fn connected(version: Version) -> Frame {
         let frame = Frame::new(Command::Connected);
         match version {
@@ -222,7 +222,7 @@ impl Frame {
     }
 
     /// `MESSAGE` for a subscription, headers in the order of the spec's
-    /// example. The session adds `ack` (1.2 client-ack modes), `content-type`
+    /// example. The adapter adds `ack` (1.2 client-ack modes), `content-type`
     /// and the message's own headers, and sets the body.
     pub fn message(destination: &str, message_id: &str, subscription: &str) -> Frame {
         Frame::new(Command::Message)
@@ -240,7 +240,7 @@ impl Frame {
     /// empty, a plain-text body. Line breaks and other control characters in
     /// `message` become spaces: a one-line summary is what clients show, and
     /// it then encodes in every version, even 1.0 which cannot escape them.
-    /// The session adds `receipt-id` when the failed frame asked for one.
+    /// The adapter adds `receipt-id` when the failed frame asked for one.
     pub fn error(message: &str, details: &str) -> Frame {
         let summary: String = message
             .chars()

@@ -2,7 +2,7 @@
 //!
 //! STOMP frames become core operations: SEND a publish, SUBSCRIBE a consume,
 //! ACK / NACK a settle, and deliveries come back as MESSAGE frames; the
-//! destination mapping follows DESIGN.md. The adapter that does this (session
+//! destination mapping follows DESIGN.md. The adapter that does this (connection
 //! state, heart-beats, receipts, transactions) comes later; for now this
 //! module holds the frame types and the codec.
 
