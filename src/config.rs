@@ -112,6 +112,12 @@ pub struct Config {
     pub group_commit_records: usize,
     /// ...for at most this many microseconds.
     pub group_commit_delay_micros: u64,
+    /// Publishers are blocked while the data directory's file system has
+    /// less free space than this.
+    pub disk_free_limit_bytes: u64,
+    /// Publishers are blocked while the broker's resident memory is above
+    /// this; 0 means 40% of the machine's memory.
+    pub memory_limit_bytes: u64,
     /// Vhosts created at start.
     pub vhosts: Vec<String>,
     /// Users; guest/guest (loopback only) when none are configured.
@@ -135,6 +141,8 @@ impl Default for Config {
             journal_segment_bytes: 64 * 1024 * 1024,
             group_commit_records: 1,
             group_commit_delay_micros: 0,
+            disk_free_limit_bytes: 50_000_000,
+            memory_limit_bytes: 0,
             vhosts: vec!["/".into()],
             users: Vec::new(),
         }

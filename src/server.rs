@@ -49,6 +49,67 @@ pub struct Server {
     tracker: TaskTracker,
     /// Held for the server's life: the data directory is ours.
     _lock: std::fs::File,
+    /// The alarm thresholds, adjustable while running.
+    pub resource_limits: Arc<ResourceLimits>,
+}
+
+/// Thresholds the resource monitor compares against.
+#[derive(Debug)]
+pub struct ResourceLimits {
+    /// Free bytes below which the disk alarm is raised.
+    pub disk_free: std::sync::atomic::AtomicU64,
+    /// Resident bytes above which the memory alarm is raised.
+    pub memory: std::sync::atomic::AtomicU64,
+}
+
+/// How often disk and memory are checked.
+const RESOURCE_CHECK: Duration = Duration::from_millis(500);
+
+async fn monitor_resources(
+    broker: Arc<Broker>,
+    data_dir: std::path::PathBuf,
+    limits: Arc<ResourceLimits>,
+    shutdown: CancellationToken,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut tick = tokio::time::interval(RESOURCE_CHECK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let disk = free_disk(&data_dir).is_some_and(|free| free < limits.disk_free.load(Relaxed));
+        let memory = resident_memory().is_some_and(|rss| rss > limits.memory.load(Relaxed));
+        broker
+            .alarms
+            .set(crate::core::alarm::Alarms { memory, disk });
+    }
+}
+
+/// Free bytes available to us on the file system holding `dir`.
+fn free_disk(dir: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The process's resident memory in bytes.
+pub fn resident_memory() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
+}
+
+fn total_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 async fn bind(protocol: &'static str, listen: &Listen) -> Result<Option<TcpListener>, StartError> {
@@ -112,6 +173,19 @@ impl Server {
         }
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let limits = Arc::new(ResourceLimits {
+            disk_free: std::sync::atomic::AtomicU64::new(config.disk_free_limit_bytes),
+            memory: std::sync::atomic::AtomicU64::new(match config.memory_limit_bytes {
+                0 => total_memory().map_or(u64::MAX, |m| m / 10 * 4),
+                n => n,
+            }),
+        });
+        tracker.spawn(monitor_resources(
+            broker.clone(),
+            config.data_dir.clone(),
+            limits.clone(),
+            shutdown.clone(),
+        ));
         let amqp = bind("AMQP", &config.amqp).await?;
         let amqp_addr = amqp.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = amqp {
@@ -138,6 +212,7 @@ impl Server {
             shutdown,
             tracker,
             _lock: lock,
+            resource_limits: limits,
         })
     }
 

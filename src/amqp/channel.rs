@@ -653,6 +653,7 @@ impl Session {
                         "NOT_IMPLEMENTED - immediate=true",
                     ));
                 }
+                self.hold_if_alarmed();
                 self.chan(ch).publish = Some(Pending {
                     exchange: p.exchange.as_str().into(),
                     key: p.routing_key.as_str().into(),

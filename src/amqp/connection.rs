@@ -35,7 +35,9 @@ where
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut durable = broker.durable();
+    let mut alarms = broker.alarms.watch();
     let mut session = Session::new(broker, peer, tx);
+    session.on_alarm(*alarms.borrow_and_update(), &mut BytesMut::new());
     let mut codec = AmqpCodec::new(FRAME_MAX as usize);
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     let mut wbuf = BytesMut::with_capacity(64 * 1024);
@@ -68,7 +70,8 @@ where
             (None, true) => Instant::now() + Duration::from_secs(3600),
             (None, false) => (last_write + heartbeat / 2).min(last_read + heartbeat * 2),
         };
-        let can_read = !eof && !session.is_done() && wbuf.len() < WRITE_HIGH_WATER;
+        let can_read =
+            !eof && !session.is_done() && !session.is_held() && wbuf.len() < WRITE_HIGH_WATER;
         tokio::select! {
             r = wr.write_buf(&mut writing), if !writing.is_empty() => {
                 match r {
@@ -85,24 +88,19 @@ where
                     Ok(_) => {}
                 }
                 last_read = Instant::now();
-                loop {
-                    match codec.decode(&mut rbuf) {
-                        Ok(Some(frame)) => {
-                            session.on_frame(frame, &mut wbuf);
-                            codec.set_frame_max(session.frame_max());
-                            if session.is_done() { break; }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::info!(%peer, user = session.user_name(), error = %e, "bad AMQP input");
-                            session.on_codec_error(&e, &mut wbuf);
-                            rbuf.clear();
-                            eof = true;
-                            break;
-                        }
-                    }
+                if !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer) {
+                    eof = true;
                 }
-                session.flush_confirms(&mut wbuf);
+            }
+            r = alarms.changed() => {
+                if r.is_err() { break; }
+                let now = *alarms.borrow_and_update();
+                session.on_alarm(now, &mut wbuf);
+                last_read = Instant::now();
+                // Frames held back while blocked are handled now.
+                if !session.is_held() && !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer) {
+                    eof = true;
+                }
             }
             n = rx.recv_many(&mut batch, EVENT_BATCH) => {
                 if n == 0 { break; }
@@ -135,7 +133,9 @@ where
                     break;
                 }
                 if !heartbeat.is_zero() {
-                    if now >= last_read + heartbeat * 2 {
+                    // A blocked client may stop writing altogether, heart-beats
+                    // included; RabbitMQ pauses this check while blocked too.
+                    if now >= last_read + heartbeat * 2 && !session.is_blocked() {
                         tracing::info!(%peer, user = session.user_name(), "missed heartbeats from client, closing");
                         break;
                     }
@@ -149,4 +149,35 @@ where
     }
     session.release();
     let _ = wr.shutdown().await;
+}
+
+/// Decodes and handles every complete frame in `rbuf`, stopping early when
+/// the session holds a publisher back. Returns false when the input is
+/// unusable and the connection must end.
+fn drain_frames(
+    codec: &mut AmqpCodec,
+    rbuf: &mut BytesMut,
+    session: &mut Session,
+    wbuf: &mut BytesMut,
+    peer: SocketAddr,
+) -> bool {
+    let mut ok = true;
+    while !session.is_held() && !session.is_done() {
+        match codec.decode(rbuf) {
+            Ok(Some(frame)) => {
+                session.on_frame(frame, wbuf);
+                codec.set_frame_max(session.frame_max());
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::info!(%peer, user = session.user_name(), error = %e, "bad AMQP input");
+                session.on_codec_error(&e, wbuf);
+                rbuf.clear();
+                ok = false;
+                break;
+            }
+        }
+    }
+    session.flush_confirms(wbuf);
+    ok
 }

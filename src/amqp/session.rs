@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use super::channel::Channel;
 use super::codec::{FrameWriter, Inbound};
 use super::error::*;
+use crate::core::alarm::Alarms;
 use crate::core::change::LogPosition;
 use crate::core::queue::Queue;
 use crate::core::{Broker, ConnectionId, ConsumerId, Event, EventSink, Settle, User, Users, VHost};
@@ -41,6 +42,7 @@ enum Stage {
 #[derive(Debug, Default, Clone, Copy)]
 struct ClientCaps {
     consumer_cancel_notify: bool,
+    connection_blocked: bool,
 }
 
 /// One AMQP connection's protocol state.
@@ -66,6 +68,10 @@ pub struct Session {
     sent: HashMap<ConsumerId, (Arc<Queue>, u32)>,
     /// The channel of the frame being handled, which a channel error closes.
     pub(super) current_channel: u16,
+    /// Resource alarms in force.
+    alarms: Alarms,
+    /// A publish arrived during an alarm: read nothing more until it clears.
+    held: bool,
     /// The highest journal position known durable.
     durable: LogPosition,
 }
@@ -91,6 +97,8 @@ impl Session {
             sent: HashMap::new(),
             current_channel: 0,
             durable: 0,
+            alarms: Alarms::default(),
+            held: false,
         }
     }
 
@@ -327,10 +335,9 @@ impl Session {
 
     fn on_start_ok(&mut self, m: connection::StartOk, out: &mut BytesMut) -> Result<(), Reply> {
         if let Some(AMQPValue::FieldTable(caps)) = m.client_properties.inner().get("capabilities") {
-            self.caps.consumer_cancel_notify = matches!(
-                caps.inner().get("consumer_cancel_notify"),
-                Some(AMQPValue::Boolean(true))
-            );
+            let on = |k: &str| matches!(caps.inner().get(k), Some(AMQPValue::Boolean(true)));
+            self.caps.consumer_cancel_notify = on("consumer_cancel_notify");
+            self.caps.connection_blocked = on("connection.blocked");
         }
         let (user, pass) = match m.mechanism.as_str() {
             "PLAIN" => parse_plain(m.response.as_bytes()),
@@ -544,6 +551,47 @@ impl Session {
         for (ch, channel) in self.channels.iter_mut() {
             channel.flush_confirms(*ch, self.durable, &mut self.writer, out);
         }
+    }
+
+    /// The broker's alarms changed. As RabbitMQ does, a connection is told
+    /// (connection.blocked) and stops being read only once it publishes,
+    /// so consumers and their acks keep flowing.
+    pub fn on_alarm(&mut self, alarms: Alarms, out: &mut BytesMut) {
+        let (was, now) = (self.alarms.any(), alarms.any());
+        self.alarms = alarms;
+        if now == was {
+            return;
+        }
+        if !now {
+            self.held = false;
+        }
+        if self.caps.connection_blocked && self.stage == Stage::Open {
+            let m = if now {
+                connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: short(alarms.reason()),
+                })
+            } else {
+                connection::AMQPMethod::Unblocked(connection::Unblocked {})
+            };
+            self.writer.method(out, 0, AMQPClass::Connection(m));
+        }
+    }
+
+    /// A publish arrived during an alarm: hold further input.
+    pub(super) fn hold_if_alarmed(&mut self) {
+        if self.alarms.any() {
+            self.held = true;
+        }
+    }
+
+    /// Input is held back until the alarms clear.
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
+    /// The client was told it is blocked.
+    pub fn is_blocked(&self) -> bool {
+        self.alarms.any() && self.caps.connection_blocked
     }
 
     /// The journal reached `position`: confirms up to it may go out.

@@ -2,6 +2,7 @@
 //! It knows no wire format; adapters turn frames into calls on `VHost` and
 //! turn `Event`s back into frames.
 
+pub mod alarm;
 pub mod auth;
 pub mod change;
 pub mod delivery;
@@ -48,6 +49,8 @@ pub struct Broker {
     /// Limits for adapters.
     pub limits: Limits,
     journal: Arc<dyn ChangeLog>,
+    /// Memory and disk alarms.
+    pub alarms: alarm::AlarmState,
 }
 
 impl Broker {
@@ -63,6 +66,7 @@ impl Broker {
             users,
             limits,
             journal,
+            alarms: alarm::AlarmState::default(),
         };
         for v in vhosts {
             broker.add_vhost(v);
