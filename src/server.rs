@@ -78,7 +78,8 @@ async fn monitor_resources(
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let disk = free_disk(&data_dir).is_some_and(|free| free < limits.disk_free.load(Relaxed));
+        let disk = free_disk(&data_dir).is_some_and(|free| free < limits.disk_free.load(Relaxed))
+            || !broker.journal_healthy();
         let memory = resident_memory().is_some_and(|rss| rss > limits.memory.load(Relaxed));
         broker
             .alarms

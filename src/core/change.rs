@@ -96,6 +96,11 @@ pub trait ChangeLog: Send + Sync + Debug {
         None
     }
 
+    /// Whether writes are succeeding (false raises the disk alarm).
+    fn healthy(&self) -> bool {
+        true
+    }
+
     /// The highest position known durable now.
     fn durable_position(&self) -> LogPosition {
         0

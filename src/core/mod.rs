@@ -97,6 +97,11 @@ impl Broker {
         self.journal.durable()
     }
 
+    /// Whether the journal's writes are succeeding.
+    pub fn journal_healthy(&self) -> bool {
+        self.journal.healthy()
+    }
+
     /// Flushes and stops the journal (at shutdown).
     pub fn close_journal(&self) {
         self.journal.close();

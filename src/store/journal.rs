@@ -79,6 +79,8 @@ struct Shared {
     wake: Condvar,
     durable: watch::Sender<LogPosition>,
     config: JournalConfig,
+    /// The last write failed and is being retried.
+    failed: std::sync::atomic::AtomicBool,
     /// Open segment files for reading paged-out messages back.
     files: Mutex<std::collections::HashMap<LogPosition, Arc<File>>>,
 }
@@ -135,6 +137,7 @@ impl Journal {
             wake: Condvar::new(),
             durable,
             config,
+            failed: std::sync::atomic::AtomicBool::new(false),
             files: Mutex::new(std::collections::HashMap::new()),
         });
         let writer_shared = shared.clone();
@@ -270,6 +273,13 @@ impl ChangeLog for Journal {
         }
     }
 
+    fn healthy(&self) -> bool {
+        !self
+            .shared
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn durable_position(&self) -> LogPosition {
         *self.shared.durable.borrow()
     }
@@ -282,6 +292,9 @@ impl ChangeLog for Journal {
         self.shutdown();
     }
 }
+
+/// How long a failed journal write waits before it is tried again.
+const WRITE_RETRY: Duration = Duration::from_millis(500);
 
 fn writer_loop(shared: &Shared) {
     let dir = shared.config.dir.clone();
@@ -318,11 +331,34 @@ fn writer_loop(shared: &Shared) {
             }
             (chunks, last, dead)
         };
-        if let Err(e) = write_chunks(&dir, &mut file, chunks) {
-            // Confirms wait on the durable position, which now stops:
-            // publishers see no confirm rather than a false one.
-            tracing::error!(error = %e, dir = %dir.display(), "journal write failed; confirms are withheld");
-            return;
+        // On failure (disk full, I/O error) nothing is confirmed: the
+        // partial write is cut off, the broker raises its disk alarm so
+        // publishers wait, and the same batch is retried until it lands.
+        while let Err(e) = write_chunks(&dir, &mut file, &chunks) {
+            if !shared
+                .failed
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::error!(error = %e, dir = %dir.display(), "journal write failed; confirms are withheld and publishers blocked until it succeeds");
+            }
+            std::thread::sleep(WRITE_RETRY);
+            if shared
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .closed
+                && shared.failed.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                // Shutting down with the disk still failing: what is not
+                // written was never confirmed.
+                return;
+            }
+        }
+        if shared
+            .failed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!("journal writes succeed again");
         }
         shared.durable.send_replace(last);
         for seg in dead {
@@ -341,7 +377,28 @@ fn writer_loop(shared: &Shared) {
     }
 }
 
-fn write_chunks(dir: &Path, file: &mut Option<File>, chunks: Vec<Chunk>) -> std::io::Result<()> {
+/// Writes a batch and syncs it; on error, undoes what it wrote, so the
+/// same batch can be written again.
+fn write_chunks(dir: &Path, file: &mut Option<File>, chunks: &[Chunk]) -> std::io::Result<()> {
+    let before = match file {
+        Some(f) => Some((f.try_clone()?, f.metadata()?.len())),
+        None => None,
+    };
+    let result = append_chunks(dir, file, chunks);
+    if result.is_err() {
+        if let Some((f, len)) = before {
+            let _ = f.set_len(len);
+        }
+        for c in chunks.iter().filter(|c| c.starts_segment) {
+            let _ = fs::remove_file(segment_path(dir, c.segment));
+        }
+        // Reopened (in append mode, at the cut length) by the retry.
+        *file = None;
+    }
+    result
+}
+
+fn append_chunks(dir: &Path, file: &mut Option<File>, chunks: &[Chunk]) -> std::io::Result<()> {
     for chunk in chunks {
         if chunk.starts_segment || file.is_none() {
             if let Some(old) = file.take() {
