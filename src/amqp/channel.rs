@@ -1216,17 +1216,20 @@ impl Session {
         for s in &subs {
             self.consumers.remove(&s.id);
         }
-        // Requeue before cancelling, so an auto-delete queue still exists
-        // to take its messages back... and is then deleted with them, as in RabbitMQ.
-        self.settle_outstanding(unacked, Settle::Requeue);
-        for d in held {
-            if !subs.iter().any(|s| s.id == d.consumer && s.no_ack) {
-                let after = d.queue.settle(&[d.id], Settle::Requeue);
-                vhost.settle_aftermath(&d.queue, after);
-            }
-        }
+        // Cancel first, so what is requeued goes to other consumers and
+        // not back to these; an auto-delete queue goes with its last
+        // consumer and takes its messages with it, as in RabbitMQ.
+        let held: Vec<Delivery> = held
+            .into_iter()
+            .filter(|d| !subs.iter().any(|s| s.id == d.consumer && s.no_ack))
+            .collect();
         for s in subs {
             vhost.cancel(&s.queue, s.id);
+        }
+        self.settle_outstanding(unacked, Settle::Requeue);
+        for d in held {
+            let after = d.queue.settle(&[d.id], Settle::Requeue);
+            vhost.settle_aftermath(&d.queue, after);
         }
     }
 }

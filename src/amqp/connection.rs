@@ -55,12 +55,19 @@ where
             session.after_write();
         }
         if session.is_done() && writing.is_empty() {
-            break;
+            // After close-ok, give the client a moment to read it and close
+            // its end first: some clients report an abort if the socket
+            // closes before they have processed the close-ok.
+            if !session.closed_by_client() {
+                break;
+            }
+            close_deadline.get_or_insert_with(|| Instant::now() + CLOSE_TIMEOUT);
+            rbuf.clear();
         }
         if eof && writing.is_empty() {
             break;
         }
-        if session.is_closing() && close_deadline.is_none() {
+        if (session.is_closing() || session.is_done()) && close_deadline.is_none() {
             close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
         }
         let heartbeat = Duration::from_secs(session.heartbeat().into());
@@ -70,8 +77,10 @@ where
             (None, true) => Instant::now() + Duration::from_secs(3600),
             (None, false) => (last_write + heartbeat / 2).min(last_read + heartbeat * 2),
         };
-        let can_read =
-            !eof && !session.is_done() && !session.is_held() && wbuf.len() < WRITE_HIGH_WATER;
+        let can_read = !eof
+            && (!session.is_done() || session.closed_by_client())
+            && !session.is_held()
+            && wbuf.len() < WRITE_HIGH_WATER;
         tokio::select! {
             r = wr.write_buf(&mut writing), if !writing.is_empty() => {
                 match r {

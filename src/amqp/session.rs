@@ -72,6 +72,8 @@ pub struct Session {
     alarms: Alarms,
     /// A publish arrived during an alarm: read nothing more until it clears.
     held: bool,
+    /// The client asked to close (we answered close-ok).
+    client_closed: bool,
     /// The highest journal position known durable.
     durable: LogPosition,
 }
@@ -99,6 +101,7 @@ impl Session {
             durable: 0,
             alarms: Alarms::default(),
             held: false,
+            client_closed: false,
         }
     }
 
@@ -429,6 +432,7 @@ impl Session {
                 self.release();
                 self.send_close_ok(out);
                 self.stage = Stage::Done;
+                self.client_closed = true;
                 Ok(())
             }
             connection::AMQPMethod::UpdateSecret(_) => {
@@ -587,6 +591,11 @@ impl Session {
     /// Input is held back until the alarms clear.
     pub fn is_held(&self) -> bool {
         self.held
+    }
+
+    /// The client closed the connection and was sent close-ok.
+    pub fn closed_by_client(&self) -> bool {
+        self.client_closed
     }
 
     /// The client was told it is blocked.
