@@ -559,7 +559,7 @@ impl Session {
                         auto_delete: d.auto_delete,
                         arguments: headers_from_table(&d.arguments),
                     };
-                    vhost.declare_queue(spec, d.passive).map_err(core)?
+                    vhost.declare_queue(spec, d.passive, conn).map_err(core)?
                 };
                 self.chan(ch).last_queue = Some(declared.name.clone());
                 if !d.nowait {

@@ -304,15 +304,22 @@ impl VHost {
     }
 
     /// Declares a queue, or checks an existing one is equivalent and usable
-    /// by `owner`.
-    pub fn declare_queue(&self, mut spec: QueueSpec, passive: bool) -> CoreResult<QueueDeclared> {
+    /// by connection `by`. The owner of an exclusive queue may declare it
+    /// passively, or without the exclusive flag (then it is inequivalent,
+    /// not locked).
+    pub fn declare_queue(
+        &self,
+        mut spec: QueueSpec,
+        passive: bool,
+        by: Option<ConnectionId>,
+    ) -> CoreResult<QueueDeclared> {
         let mut meta = self.meta();
         if spec.name.as_str().is_empty() {
             spec.name = QueueName::from(format!("amq.gen-{}", random_suffix()));
         }
         let existing = self.queue(spec.name.as_str());
         if let Some(q) = existing {
-            check_exclusive(&q, spec.exclusive)?;
+            check_exclusive(&q, by)?;
             if !passive {
                 let have = q.spec();
                 let name = spec.name.as_str();
