@@ -1143,6 +1143,16 @@ impl Session {
                 )
                 .caused_by((60, 40)));
         }
+        if let Some(expiration) = &props.expiration
+            && props.ttl_millis().is_none()
+        {
+            // RabbitMQ refuses it too; kept, it would never expire.
+            return Err(Reply::channel(
+                PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - invalid expiration '{expiration}'"),
+            )
+            .caused_by((60, 40)));
+        }
         if props.reply_to.as_deref() == Some(REPLY_TO) {
             let q = c.reply_queue.as_ref().ok_or_else(|| {
                 Reply::channel(
