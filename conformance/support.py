@@ -10,8 +10,10 @@ message names what was awaited.
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
+import shutil
 import signal
 import socket
 import struct
@@ -64,6 +66,7 @@ class Broker:
 
     def __init__(self, *extra: str, config: str | None = None, amqp: str = "127.0.0.1:0"):
         self.data_dir = tempfile.mkdtemp(prefix="ferrymq-conf-")
+        atexit.register(shutil.rmtree, self.data_dir, ignore_errors=True)
         self.args = [
             str(BINARY),
             "serve",

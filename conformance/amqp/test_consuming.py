@@ -4,11 +4,13 @@ direct reply-to."""
 
 from __future__ import annotations
 
+import struct
+
 import amqp
 import pika
 import pytest
 
-from conformance.support import channel_error, pump, unique
+from conformance.support import RawAmqp, basic_consume, channel_error, method, pump, shortstr, unique
 
 
 class Collector:
@@ -30,7 +32,8 @@ class Collector:
 def setup_queue(conn, n=0, prefix="q", **declare):
     ch = conn.channel()
     ch.confirm_delivery()
-    q = ch.queue_declare(unique(prefix), exclusive=True, **declare).method.queue
+    declare.setdefault("exclusive", True)
+    q = ch.queue_declare(unique(prefix), **declare).method.queue
     for i in range(n):
         ch.basic_publish("", q, str(i).encode())
     return ch, q
@@ -352,3 +355,108 @@ def test_direct_reply_to_without_a_consumer_is_refused(conn):
         ch, lambda: ch.basic_publish("", q, b"x", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to"))
     )
     assert err.reply_code == 406, err
+
+
+def test_equal_priority_consumers_share_round_robin(conn):
+    pub, q = setup_queue(conn)
+    a = Collector(conn, conn.channel(), q)
+    b = Collector(conn, conn.channel(), q)
+    for i in range(6):
+        pub.basic_publish("", q, str(i).encode())
+    pump(conn, lambda: len(a.items) + len(b.items) == 6, "six deliveries across two consumers")
+    assert sorted(a.bodies() + b.bodies()) == [str(i).encode() for i in range(6)]
+    assert len(a.items) == 3 and len(b.items) == 3, (a.bodies(), b.bodies())
+
+
+def test_unacked_deliveries_can_be_acked_after_cancel(conn):
+    pub, q = setup_queue(conn, 2)
+    ch = conn.channel()
+    got = Collector(conn, ch, q, auto_ack=False)
+    items = got.wait(2, "two deliveries")
+    ch.basic_cancel(got.tag)
+    ch.basic_ack(items[0][0].delivery_tag)
+    ch.basic_ack(items[1][0].delivery_tag)
+    ch.close()
+    assert ready(pub, q) == 0
+
+
+def test_acking_after_the_queue_was_deleted_is_harmless(conn):
+    pub, q = setup_queue(conn, 1)
+    ch = conn.channel()
+    method, _, _ = ch.basic_get(q)
+    pub.queue_delete(q)
+    ch.basic_ack(method.delivery_tag)
+    ch.queue_declare("", exclusive=True)  # the channel is still open
+
+
+@pytest.mark.parametrize("how", ["socket-dropped", "connection-close-only"])
+def test_unacked_deliveries_return_when_the_client_vanishes(broker, conn, how):
+    pub, q = setup_queue(conn, 3, exclusive=False)
+    raw = RawAmqp(broker.host, broker.port)
+    raw.handshake()
+    raw.open_channel(1)
+    raw.send(basic_consume(1, q, tag="gone"))
+    raw.expect_method(60, 21, 1)
+    for _ in range(3):
+        raw.expect_method(60, 60, 1)  # basic.deliver (its content follows)
+        raw.read_frame("content header")
+        raw.read_frame("content body")
+    if how == "connection-close-only":
+        # connection.close with its channel still open (no channel.close first)
+        raw.send(method(0, 10, 50, struct.pack(">H", 200) + shortstr("bye") + struct.pack(">HH", 0, 0)))
+        raw.expect_method(10, 51, 0)
+    raw.close()  # without connection.close the TCP connection just ends
+    got = Collector(conn, conn.channel(), q)
+    items = got.wait(3, "the vanished consumer's messages, redelivered")
+    assert [(b, m.redelivered) for m, _, b in items] == [(b"0", True), (b"1", True), (b"2", True)]
+    pub.queue_delete(q)
+
+
+def test_large_message_round_trip_through_a_consumer(conn):
+    pub, q = setup_queue(conn)
+    payload = bytes(range(256)) * (5 * 4096)  # 5 MiB
+    pub.basic_publish("", q, payload)
+    got = Collector(conn, conn.channel(), q)
+    ((_, _, body),) = got.wait(1, "the 5 MiB delivery")
+    assert body == payload
+
+
+def test_many_connections_at_once(connect):
+    conns = [connect() for _ in range(100)]
+    q = conns[0].channel().queue_declare("", exclusive=True).method.queue
+    for i, c in enumerate(conns):
+        c.channel().basic_publish("", q, str(i).encode())
+    ch = conns[0].channel()
+    assert ch.queue_declare(q, passive=True).method.message_count == 100
+
+
+@pytest.mark.parametrize("no_ack", [False, True], ids=["manual-ack", "no-ack"])
+def test_cancel_loses_no_message_in_flight(broker, conn, no_ack):
+    """basic.cancel sent right behind basic.consume on a deep queue: every
+    message is either delivered (before channel.close-ok) or still ready."""
+    pub, q = setup_queue(conn, 0, exclusive=False)
+    n = 3000
+    for _ in range(n):
+        pub.basic_publish("", q, b"m")
+    raw = RawAmqp(broker.host, broker.port)
+    try:
+        raw.handshake()
+        raw.open_channel(1)
+        cancel = method(1, 60, 30, shortstr("t") + b"\x00")
+        close = method(1, 20, 40, struct.pack(">H", 200) + shortstr("") + struct.pack(">HH", 0, 0))
+        raw.send(basic_consume(1, q, tag="t", no_ack=no_ack) + cancel + close)
+        delivered = 0
+        while True:
+            f = raw.read_frame("deliveries, then channel.close-ok")
+            if f.method_id == (60, 60):
+                delivered += 1
+            elif f.method_id == (20, 41):
+                break
+    finally:
+        raw.close()
+    left = ready(pub, q)
+    pub.queue_delete(q)
+    if no_ack:
+        assert delivered + left == n, f"{n - delivered - left} of {n} messages vanished"
+    else:
+        assert left == n, f"{n - left} of {n} unacked messages were not requeued"
