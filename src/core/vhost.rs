@@ -304,9 +304,9 @@ impl VHost {
     }
 
     /// Declares a queue, or checks an existing one is equivalent and usable
-    /// by connection `by`. The owner of an exclusive queue may declare it
-    /// passively, or without the exclusive flag (then it is inequivalent,
-    /// not locked).
+    /// by connection `by`. As in RabbitMQ, a passive declare needs only
+    /// access (the owner's, for an exclusive queue); a full one also needs
+    /// the same exclusive flag, else the queue is locked (405) to it.
     pub fn declare_queue(
         &self,
         mut spec: QueueSpec,
@@ -320,6 +320,13 @@ impl VHost {
         let existing = self.queue(spec.name.as_str());
         if let Some(q) = existing {
             check_exclusive(&q, by)?;
+            if !passive && q.spec().exclusive != spec.exclusive {
+                return Err(CoreError::ResourceLocked(format!(
+                    "cannot obtain exclusive access to locked queue '{}': \
+                     the exclusive flag differs from the original declaration",
+                    q.name()
+                )));
+            }
             if !passive {
                 let have = q.spec();
                 let name = spec.name.as_str();
