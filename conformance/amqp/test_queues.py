@@ -122,6 +122,21 @@ def test_exclusive_queue_is_locked_to_its_connection(connect):
     assert och.basic_get(q, auto_ack=True)[2] == b"from outside"
 
 
+def test_redeclare_with_another_exclusive_flag_is_405(conn):
+    # RabbitMQ checks the exclusive flag strictly on a full declare, even
+    # for the owner; a passive declare only checks access.
+    ch = conn.channel()
+    q = ch.queue_declare(unique("excl"), exclusive=True).method.queue
+    ch.queue_declare(q, exclusive=True)
+    err = channel_error(ch, lambda: ch.queue_declare(q, exclusive=False))
+    assert err.reply_code == 405, err
+    ch = conn.channel()
+    shared = ch.queue_declare(unique("shared"), auto_delete=True).method.queue
+    err = channel_error(ch, lambda: ch.queue_declare(shared, exclusive=True, auto_delete=True))
+    assert err.reply_code == 405, err
+    conn.channel().queue_delete(shared)
+
+
 def test_exclusive_queue_goes_with_its_connection(connect):
     owner, other = connect(), connect()
     q = owner.channel().queue_declare(unique("excl"), exclusive=True).method.queue
