@@ -7,6 +7,7 @@ raises it."""
 
 from __future__ import annotations
 
+import socket
 import struct
 
 import pika
@@ -310,5 +311,30 @@ def test_oversized_body_is_refused_from_the_header_alone(small_broker):
         assert code == 406, text
         # Channel-scoped: the connection still answers.
         raw.open_channel(2)
+    finally:
+        raw.close()
+
+
+def test_frames_arriving_one_byte_at_a_time(broker):
+    raw = RawAmqp(broker.host, broker.port)
+    raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        original_send = raw.send
+
+        def trickle(data: bytes) -> None:
+            for i in range(len(data)):
+                original_send(data[i : i + 1])
+
+        raw.send = trickle
+        raw.handshake()
+        raw.open_channel(1)
+        q = unique("trickle")
+        raw.send(queue_declare(1, q, exclusive=True))
+        raw.expect_method(50, 11, 1)
+        raw.send(basic_publish(1, "", q) + content_header(1, 5) + body(1, b"slow!"))
+        raw.send(method(1, 60, 70, struct.pack(">H", 0) + shortstr(q) + b"\x01"))
+        raw.expect_method(60, 71, 1)
+        raw.read_frame("content header")
+        assert raw.read_frame("content body").payload == b"slow!"
     finally:
         raw.close()

@@ -15,8 +15,12 @@ from conformance.support import (
     body,
     confirm_select,
     content_header,
+    frame,
+    method,
     pump,
     queue_declare,
+    shortstr,
+    table,
     unique,
 )
 
@@ -220,3 +224,71 @@ def test_invalid_expiration_is_406(conn, expiration):
         ch.basic_publish("", q, b"x", pika.BasicProperties(expiration=expiration))
     assert e.value.reply_code == 406, e.value
     assert conn.channel().queue_declare(q, passive=True).method.message_count == 0
+
+
+# --- framing that well-behaved clients rarely produce but the spec allows ---
+
+
+def get_body(raw, channel, q) -> bytes:
+    raw.send(method(channel, 60, 70, struct.pack(">H", 0) + shortstr(q) + b"\x01"))  # basic.get no-ack
+    raw.expect_method(60, 71, channel)
+    header = raw.read_frame("content header")
+    size = struct.unpack(">Q", header.payload[4:12])[0]
+    out = b""
+    while len(out) < size:
+        out += raw.read_frame("content body").payload
+    return out
+
+
+def test_heartbeats_between_content_frames(broker):
+    raw = RawAmqp(broker.host, broker.port)
+    try:
+        raw.handshake()
+        raw.open_channel(1)
+        q = unique("hb")
+        raw.send(queue_declare(1, q, exclusive=True))
+        raw.expect_method(50, 11, 1)
+        heartbeat = frame(8, 0, b"")
+        raw.send(
+            basic_publish(1, "", q) + heartbeat + content_header(1, 6) + heartbeat + body(1, b"abc") + heartbeat + body(1, b"def")
+        )
+        assert get_body(raw, 1, q) == b"abcdef"
+    finally:
+        raw.close()
+
+
+def test_content_on_one_channel_interleaves_with_methods_on_another(broker):
+    raw = RawAmqp(broker.host, broker.port)
+    try:
+        raw.handshake()
+        raw.open_channel(1)
+        raw.open_channel(2)
+        q = unique("il")
+        raw.send(queue_declare(1, q, exclusive=True))
+        raw.expect_method(50, 11, 1)
+        other = unique("other")
+        raw.send(basic_publish(1, "", q) + content_header(1, 4) + body(1, b"ab"))
+        raw.send(queue_declare(2, other, exclusive=True))
+        raw.send(basic_publish(2, "", q) + content_header(2, 1) + body(2, b"2"))
+        raw.send(body(1, b"cd"))
+        raw.expect_method(50, 11, 2)
+        assert get_body(raw, 2, q) == b"2"
+        assert get_body(raw, 2, q) == b"abcd"
+    finally:
+        raw.close()
+
+
+def test_nowait_declares_and_consume(broker):
+    raw = RawAmqp(broker.host, broker.port)
+    try:
+        raw.handshake()
+        raw.open_channel(1)
+        q = unique("nowait")
+        # queue.declare with exclusive + nowait, then basic.consume with nowait
+        raw.send(method(1, 50, 10, struct.pack(">H", 0) + shortstr(q) + bytes([0b10100]) + table()))
+        raw.send(method(1, 60, 20, struct.pack(">H", 0) + shortstr(q) + shortstr("t") + bytes([0b1010]) + table()))
+        raw.send(basic_publish(1, "", q) + content_header(1, 2) + body(1, b"hi"))
+        f = raw.expect_method(60, 60, 1)  # the delivery is the first reply of all
+        assert f.payload[4:6] == b"\x01t"
+    finally:
+        raw.close()
