@@ -151,6 +151,29 @@ def test_tx_commit_applies_acks_and_rollback_forgets_them(conn):
     assert watch.basic_get(q)[0] is None
 
 
+def test_tx_publish_to_a_missing_exchange_fails_before_commit_and_applies_nothing(conn):
+    tx, watch = conn.channel(), conn.channel()
+    q = watch.queue_declare(unique("txbad"), exclusive=True).method.queue
+    tx.tx_select()
+    tx.basic_publish("", q, b"good")
+    tx.basic_publish(unique("missing"), "k", b"bad")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        tx.tx_commit()
+    assert e.value.reply_code == 404
+    assert watch.queue_declare(q, passive=True).method.message_count == 0, "half a transaction was applied"
+
+
+def test_tx_mandatory_unroutable_is_returned_at_commit(conn):
+    tx = conn.channel()
+    returned = []
+    tx.add_on_return_callback(lambda c, m, p, b: returned.append(m.reply_code))
+    tx.tx_select()
+    tx.basic_publish("amq.direct", unique("nobody"), b"x", mandatory=True)
+    tx.tx_commit()
+    pump(conn, lambda: returned, "basic.return for the committed mandatory publish")
+    assert returned == [312]
+
+
 def test_tx_commit_on_a_non_transactional_channel_is_406(conn):
     ch = conn.channel()
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
