@@ -261,3 +261,66 @@ def test_client_close_is_answered_with_close_ok(broker):
         raw.expect_eof()
     finally:
         raw.close()
+
+
+USERS_CONFIG = """
+vhosts = ["/", "team-a", "team-b"]
+
+[[users]]
+name = "alice"
+password = "secret"
+vhosts = ["team-a"]
+
+[[users]]
+name = "root"
+password = "root"
+"""
+
+
+@pytest.fixture(scope="module")
+def users_broker():
+    from conformance.support import Broker
+
+    b = Broker(config=USERS_CONFIG).start()
+    yield b
+    assert b.stop() == 0
+
+
+def login(b, user, password, vhost):
+    return pika.BlockingConnection(
+        pika.ConnectionParameters(
+            host=b.host, port=b.port, virtual_host=vhost, credentials=pika.PlainCredentials(user, password)
+        )
+    )
+
+
+def test_configured_users_and_vhosts(users_broker):
+    c = login(users_broker, "alice", "secret", "team-a")
+    usable(c)
+    c.close()
+    c = login(users_broker, "root", "root", "team-b")
+    usable(c)
+    c.close()
+
+
+def test_vhosts_keep_their_names_apart(users_broker):
+    a = login(users_broker, "root", "root", "team-a")
+    b = login(users_broker, "root", "root", "team-b")
+    q = unique("same-name")
+    a.channel().queue_declare(q, exclusive=True)
+    ch = b.channel()
+    ch.queue_declare(q, exclusive=True)  # not locked: another vhost's queue
+    a.close()
+    b.close()
+
+
+def test_user_refused_a_vhost_it_may_not_open_gets_530(users_broker):
+    with pytest.raises(pika.exceptions.ProbableAccessDeniedError) as e:
+        login(users_broker, "alice", "secret", "team-b")
+    assert "530" in str(e.value)
+
+
+def test_guest_is_gone_once_users_are_configured(users_broker):
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError) as e:
+        login(users_broker, "guest", "guest", "/")
+    assert "403" in str(e.value)
