@@ -154,7 +154,13 @@ impl Config {
     pub fn load(path: &std::path::Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("bad config {}: {}", path.display(), e.message()))
+        toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|span| where_in(&text, span.start))
+                .unwrap_or_default();
+            format!("bad config {}{at}: {}", path.display(), e.message().trim())
+        })
     }
 
     /// The users to serve: the configured ones, or guest from loopback.
@@ -185,6 +191,18 @@ impl Config {
             ..Self::default()
         }
     }
+}
+
+/// ` line N (text)` for an error at byte `offset`, so the one-line reason
+/// names the offending key.
+fn where_in(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line = text[..offset].matches('\n').count() + 1;
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let rest = &text[start..];
+    let source = rest[..rest.find('\n').unwrap_or(rest.len())].trim();
+    let source: String = source.chars().take(60).collect();
+    format!(" line {line} ({source})")
 }
 
 /// Resolves `host:port` to socket addresses.
@@ -220,6 +238,16 @@ mod tests {
         );
         assert!(Listen::parse("5672").is_err());
         assert!(Listen::parse("host:port").is_err());
+    }
+
+    #[test]
+    fn a_bad_value_is_reported_on_one_line_naming_its_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "vhosts = [\"/\"]\nmax_message_bytes = -1\n").expect("write");
+        let err = Config::load(&path).expect_err("-1 is not a size");
+        assert!(!err.contains('\n'), "one line: {err}");
+        assert!(err.contains("line 2 (max_message_bytes = -1)"), "{err}");
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::core::change::LogPosition;
 use crate::core::exchange::{BindingSpec, Destination, ExchangeKind, ExchangeSpec};
 use crate::core::queue::{ConsumerSpec, Queue, QueueSpec, SharedCredit};
 use crate::core::{
-    ConsumerId, ConsumerTag, Delivery, DeliveryId, ExchangeName, Message, Properties, QueueName,
-    RoutingKey, Settle, VHost,
+    ConsumerId, ConsumerTag, CoreError, Delivery, DeliveryId, ExchangeName, Message, Properties,
+    QueueName, RoutingKey, Settle, VHost,
 };
 
 /// The pseudo-queue RPC clients consume from for direct reply-to.
@@ -559,7 +559,7 @@ impl Session {
                         auto_delete: d.auto_delete,
                         arguments: headers_from_table(&d.arguments),
                     };
-                    vhost.declare_queue(spec, d.passive).map_err(core)?
+                    vhost.declare_queue(spec, d.passive, conn).map_err(core)?
                 };
                 self.chan(ch).last_queue = Some(declared.name.clone());
                 if !d.nowait {
@@ -1125,6 +1125,7 @@ impl Session {
             .as_ref()
             .map(|u| u.name.clone())
             .unwrap_or_default();
+        let vhost = self.vhost.clone();
         let c = self.chan(ch);
         let Some(mut p) = c.publish.take() else {
             return Ok(());
@@ -1143,6 +1144,16 @@ impl Session {
                 )
                 .caused_by((60, 40)));
         }
+        if let Some(expiration) = &props.expiration
+            && props.ttl_millis().is_none()
+        {
+            // RabbitMQ refuses it too; kept, it would never expire.
+            return Err(Reply::channel(
+                PRECONDITION_FAILED,
+                format!("PRECONDITION_FAILED - invalid expiration '{expiration}'"),
+            )
+            .caused_by((60, 40)));
+        }
         if props.reply_to.as_deref() == Some(REPLY_TO) {
             let q = c.reply_queue.as_ref().ok_or_else(|| {
                 Reply::channel(
@@ -1155,6 +1166,28 @@ impl Session {
         }
         let message = Message::new(p.exchange, p.key, props, body);
         if let Some(t) = c.tx.as_mut() {
+            // As in RabbitMQ, the exchange is checked at publish time, so
+            // a commit cannot route half the transaction and then fail.
+            if let Some(vhost) = &vhost {
+                let name = message.exchange().as_str();
+                match vhost.exchange(name) {
+                    None => {
+                        return Err(reply(&CoreError::NotFound(format!(
+                            "no exchange '{name}' in vhost '{}'",
+                            vhost.name()
+                        )))
+                        .caused_by((60, 40)));
+                    }
+                    Some(x) if x.internal => {
+                        return Err(reply(&CoreError::AccessRefused(format!(
+                            "cannot publish to internal exchange '{name}' in vhost '{}'",
+                            vhost.name()
+                        )))
+                        .caused_by((60, 40)));
+                    }
+                    Some(_) => {}
+                }
+            }
             t.publishes.push((message, p.mandatory));
             return Ok(());
         }

@@ -157,6 +157,15 @@ where
         }
     }
     session.release();
+    // Releasing requeues the unacked deliveries before it cancels the
+    // consumers, so a queue may have handed some straight back to a
+    // consumer of this connection. They wait here as events; the session,
+    // which no longer knows those consumers, returns them to their queues.
+    rx.close();
+    let mut discard = BytesMut::new();
+    while let Ok(event) = rx.try_recv() {
+        session.on_event(event, &mut discard);
+    }
     let _ = wr.shutdown().await;
 }
 

@@ -304,15 +304,29 @@ impl VHost {
     }
 
     /// Declares a queue, or checks an existing one is equivalent and usable
-    /// by `owner`.
-    pub fn declare_queue(&self, mut spec: QueueSpec, passive: bool) -> CoreResult<QueueDeclared> {
+    /// by connection `by`. As in RabbitMQ, a passive declare needs only
+    /// access (the owner's, for an exclusive queue); a full one also needs
+    /// the same exclusive flag, else the queue is locked (405) to it.
+    pub fn declare_queue(
+        &self,
+        mut spec: QueueSpec,
+        passive: bool,
+        by: Option<ConnectionId>,
+    ) -> CoreResult<QueueDeclared> {
         let mut meta = self.meta();
         if spec.name.as_str().is_empty() {
             spec.name = QueueName::from(format!("amq.gen-{}", random_suffix()));
         }
         let existing = self.queue(spec.name.as_str());
         if let Some(q) = existing {
-            check_exclusive(&q, spec.exclusive)?;
+            check_exclusive(&q, by)?;
+            if !passive && q.spec().exclusive != spec.exclusive {
+                return Err(CoreError::ResourceLocked(format!(
+                    "cannot obtain exclusive access to locked queue '{}': \
+                     the exclusive flag differs from the original declaration",
+                    q.name()
+                )));
+            }
             if !passive {
                 let have = q.spec();
                 let name = spec.name.as_str();
