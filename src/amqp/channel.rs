@@ -131,14 +131,12 @@ impl Channel {
         writer: &mut FrameWriter,
         frame_max: usize,
         out: &mut BytesMut,
-    ) -> bool {
+    ) -> Option<bool> {
         if !self.flow {
             self.held.push_back(d);
-            return false;
+            return None;
         }
-        let Some((tag, sub)) = self.consumers.iter().find(|(_, s)| s.id == d.consumer) else {
-            return false;
-        };
+        let (tag, sub) = self.consumers.iter().find(|(_, s)| s.id == d.consumer)?;
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
         let method = basic::Deliver {
@@ -163,7 +161,7 @@ impl Channel {
             AMQPClass::Basic(basic::AMQPMethod::Deliver(method)),
         );
         write_content(writer, out, ch, &d.message, frame_max);
-        true
+        Some(sub.no_ack)
     }
 
     /// Whether a confirm waits for the journal.
@@ -422,10 +420,11 @@ impl Session {
                 );
                 let frame_max = self.frame_max;
                 for d in held {
-                    let (consumer, queue) = (d.consumer, d.queue.clone());
+                    let (consumer, queue, id) = (d.consumer, d.queue.clone(), d.id);
                     let c = self.channels.get_mut(&ch).expect("still open");
-                    if c.write_delivery(ch, d, &mut self.writer, frame_max, out) {
-                        self.count_sent(consumer, &queue);
+                    if let Some(no_ack) = c.write_delivery(ch, d, &mut self.writer, frame_max, out)
+                    {
+                        self.count_sent(consumer, &queue, no_ack.then_some(id));
                     }
                 }
                 Ok(())
@@ -808,6 +807,7 @@ impl Session {
             priority,
             exclusive: c.exclusive,
             owner,
+            settle_on_write: c.no_ack,
             shared_credit: Some(chan.shared.clone()),
             sink,
         };
@@ -1252,10 +1252,7 @@ impl Session {
         // Cancel first, so what is requeued goes to other consumers and
         // not back to these; an auto-delete queue goes with its last
         // consumer and takes its messages with it, as in RabbitMQ.
-        let held: Vec<Delivery> = held
-            .into_iter()
-            .filter(|d| !subs.iter().any(|s| s.id == d.consumer && s.no_ack))
-            .collect();
+        let held: Vec<Delivery> = held.into_iter().collect();
         for s in subs {
             vhost.cancel(&s.queue, s.id);
         }

@@ -16,7 +16,9 @@ use super::error::*;
 use crate::core::alarm::Alarms;
 use crate::core::change::LogPosition;
 use crate::core::queue::Queue;
-use crate::core::{Broker, ConnectionId, ConsumerId, Event, EventSink, Settle, User, Users, VHost};
+use crate::core::{
+    Broker, ConnectionId, ConsumerId, DeliveryId, Event, EventSink, Settle, User, Users, VHost,
+};
 
 /// The largest frame this server accepts or sends, and offers in tune.
 pub const FRAME_MAX: u32 = 131_072;
@@ -36,6 +38,15 @@ enum Stage {
     Closing,
     /// The socket should be closed once the write buffer is flushed.
     Done,
+}
+
+/// Deliveries written for one consumer since the last socket write.
+#[derive(Debug)]
+struct Sent {
+    queue: Arc<Queue>,
+    n: u32,
+    /// Auto-ack deliveries among them, settled by the write.
+    settled: Vec<DeliveryId>,
 }
 
 /// Features the client said it understands.
@@ -65,7 +76,7 @@ pub struct Session {
     caps: ClientCaps,
     /// Deliveries written this round, reported to their queues after the
     /// write so their send windows reopen.
-    sent: HashMap<ConsumerId, (Arc<Queue>, u32)>,
+    sent: HashMap<ConsumerId, Sent>,
     /// The channel of the frame being handled, which a channel error closes.
     pub(super) current_channel: u16,
     /// Resource alarms in force.
@@ -525,27 +536,41 @@ impl Session {
             }
             return;
         };
-        let (consumer, queue) = (d.consumer, d.queue.clone());
-        if channel.write_delivery(ch, d, &mut self.writer, self.frame_max, out) {
-            self.count_sent(consumer, &queue);
+        let (consumer, queue, id) = (d.consumer, d.queue.clone(), d.id);
+        if let Some(no_ack) = channel.write_delivery(ch, d, &mut self.writer, self.frame_max, out) {
+            self.count_sent(consumer, &queue, no_ack.then_some(id));
         }
     }
 
     /// Notes a delivery written to the output, to report after the write.
-    pub(super) fn count_sent(&mut self, consumer: ConsumerId, queue: &Arc<Queue>) {
-        self.sent
-            .entry(consumer)
-            .or_insert_with(|| (queue.clone(), 0))
-            .1 += 1;
+    /// `settled` is an auto-ack delivery, done once written.
+    pub(super) fn count_sent(
+        &mut self,
+        consumer: ConsumerId,
+        queue: &Arc<Queue>,
+        settled: Option<DeliveryId>,
+    ) {
+        let entry = self.sent.entry(consumer).or_insert_with(|| Sent {
+            queue: queue.clone(),
+            n: 0,
+            settled: Vec::new(),
+        });
+        entry.n += 1;
+        entry.settled.extend(settled);
     }
 
     /// After the write buffer reached the socket: reopen the consumers'
     /// send windows, and let queues sharing a channel prefetch retry.
     pub fn after_write(&mut self) {
-        for (consumer, (queue, n)) in self.sent.drain() {
-            let after = queue.sent(consumer, n);
+        for (consumer, sent) in self.sent.drain() {
+            let mut after = sent.queue.sent(consumer, sent.n);
+            if !sent.settled.is_empty() {
+                let more = sent.queue.written(&sent.settled);
+                after.dead.extend(more.dead);
+                after.delete_queue |= more.delete_queue;
+            }
             if let Some(v) = &self.vhost {
-                v.settle_aftermath(&queue, after);
+                v.settle_aftermath(&sent.queue, after);
             }
         }
     }

@@ -257,6 +257,10 @@ pub struct ConsumerSpec {
     pub tag: ConsumerTag,
     /// Deliveries must be settled (else they count as done when sent).
     pub manual_ack: bool,
+    /// For an auto-ack consumer: the queue keeps each delivery until the
+    /// adapter reports it written (`written`), so one still in flight when
+    /// the consumer goes is requeued instead of lost.
+    pub settle_on_write: bool,
     /// Maximum unsettled deliveries; 0 is unlimited.
     pub prefetch: u32,
     /// Higher priorities get messages first.
@@ -347,6 +351,9 @@ struct Unacked {
     consumer: Option<ConsumerId>,
     /// Returned on settlement even if the consumer has gone since.
     credit: Option<Arc<SharedCredit>>,
+    /// Counts against the consumer's prefetch (false: auto-ack awaiting
+    /// its write).
+    manual: bool,
 }
 
 /// Ready messages sort by priority rank (0 = highest), then arrival, so a
@@ -719,6 +726,7 @@ impl Queue {
         };
         let consumer = &mut st.consumers[idx];
         let manual_ack = consumer.spec.manual_ack;
+        let settle_on_write = consumer.spec.settle_on_write;
         let credit = consumer.spec.shared_credit.clone().filter(|_| manual_ack);
         if manual_ack {
             consumer.unacked += 1;
@@ -734,7 +742,7 @@ impl Queue {
             redelivered,
             delivery_count,
         }));
-        if manual_ack {
+        if manual_ack || settle_on_write {
             self.log_delivered(key.1, &entry);
             st.unacked.insert(
                 id,
@@ -743,6 +751,7 @@ impl Queue {
                     entry,
                     consumer: Some(consumer_id),
                     credit,
+                    manual: manual_ack,
                 },
             );
         } else {
@@ -838,6 +847,11 @@ impl Queue {
         after
     }
 
+    /// Settles auto-ack deliveries that reached the socket.
+    pub fn written(&self, ids: &[DeliveryId]) -> Aftermath {
+        self.settle(ids, Settle::Ack)
+    }
+
     /// Changes a consumer's prefetch (AMQP basic.qos after consume).
     pub fn set_prefetch(&self, consumer: ConsumerId, prefetch: u32) -> Aftermath {
         let mut st = self.lock();
@@ -867,7 +881,7 @@ impl Queue {
             let Some(u) = st.unacked.remove(id) else {
                 continue;
             };
-            if let Some(cid) = u.consumer
+            if let Some(cid) = u.consumer.filter(|_| u.manual)
                 && let Some(c) = st.consumers.iter_mut().find(|c| c.spec.id == cid)
             {
                 c.unacked = c.unacked.saturating_sub(1);
@@ -928,6 +942,7 @@ impl Queue {
                         entry,
                         consumer: None,
                         credit: None,
+                        manual: true,
                     },
                 );
             } else {
@@ -1203,6 +1218,7 @@ mod tests {
             id: ConsumerId(next_id()),
             tag: "c".into(),
             manual_ack: true,
+            settle_on_write: false,
             prefetch,
             priority,
             exclusive: false,
