@@ -3,6 +3,7 @@
 //! turn `Event`s back into frames.
 
 pub mod auth;
+pub mod binding_options;
 pub mod change;
 pub mod delivery;
 pub mod error;
@@ -11,6 +12,8 @@ pub mod message;
 pub mod names;
 pub mod pattern;
 pub mod queue;
+pub mod retained;
+pub mod sessions;
 pub mod vhost;
 
 use std::collections::HashMap;
