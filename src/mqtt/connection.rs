@@ -38,6 +38,7 @@ pub async fn serve<S>(
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut durable = broker.durable();
     let mut decoder = Decoder::new(settings.max_packet);
     let mut session = Session::new(broker, settings, peer, tx);
     let mut rbuf = BytesMut::with_capacity(8 * 1024);
@@ -101,6 +102,17 @@ pub async fn serve<S>(
                     session.on_event(event, &mut wbuf);
                 }
                 session.end_of_batch();
+            }
+            r = async { durable.as_mut().expect("guarded by is_some").changed().await },
+                if durable.is_some() && session.awaits_durability() => {
+                match r {
+                    Ok(()) => {
+                        let at = *durable.as_mut().expect("guarded by is_some").borrow_and_update();
+                        session.set_durable(at, &mut wbuf);
+                    }
+                    // The journal stopped: no ack can become durable.
+                    Err(_) => durable = None,
+                }
             }
             () = shutdown.cancelled(), if !session.is_done() => {
                 session.fail(Disconnect::new(DisconnectReasonCode::ServerShuttingDown, "broker shutdown"), &mut wbuf);

@@ -25,6 +25,7 @@ use super::error::{Disconnect, from_codec, from_topic, publish_reason, subscribe
 use super::properties::{self, published_qos, published_retained};
 use super::topic::{self, ParsedFilter};
 use crate::core::binding_options::{EXCLUDE_RESERVED, TopicBinding};
+use crate::core::change::LogPosition;
 use crate::core::exchange::{BindingSpec, Destination};
 use crate::core::queue::{ConsumerSpec, Queue, QueueSpec};
 use crate::core::retained::RETAINING_EXCHANGE;
@@ -199,6 +200,11 @@ pub struct Session {
     /// Deliveries written this round, reported to their queues after the
     /// write so their send windows reopen.
     sent: HashMap<ConsumerId, (Arc<Queue>, u32)>,
+    /// PUBACKs and PUBRECs waiting for the journal, in arrival order
+    /// (MQTT-4.6.0-2): each with the position that must be durable first.
+    held_acks: VecDeque<(LogPosition, v5::Packet)>,
+    /// The highest journal position known durable.
+    durable: LogPosition,
 }
 
 type Outcome = Result<(), Disconnect>;
@@ -240,6 +246,8 @@ impl Session {
             held: VecDeque::new(),
             settles: Vec::new(),
             sent: HashMap::new(),
+            held_acks: VecDeque::new(),
+            durable: 0,
         }
     }
 
@@ -744,10 +752,17 @@ impl Session {
         )
         .with_origin(self.client_id.clone());
         let vhost = self.vhost.clone().expect("open sessions have a vhost");
+        let mut durable_at = None;
         let reason = match vhost.publish(message) {
             Ok(o) if o.rejected => PublishAckReason::QuotaExceeded,
-            Ok(o) if o.queues == 0 && v5 => PublishAckReason::NoMatchingSubscribers,
-            Ok(_) => PublishAckReason::Success,
+            Ok(o) => {
+                durable_at = o.durable_at;
+                if o.queues == 0 && v5 {
+                    PublishAckReason::NoMatchingSubscribers
+                } else {
+                    PublishAckReason::Success
+                }
+            }
             Err(e) => publish_reason(&e),
         };
         let Some(pid) = packet_id else {
@@ -755,17 +770,40 @@ impl Session {
         };
         let mut reply = ack(pid);
         reply.reason_code = reason;
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.write(v5::Packet::PublishAck(reply), out),
+        let packet = match p.qos {
+            QoS::AtMostOnce => return Ok(()),
+            QoS::AtLeastOnce => v5::Packet::PublishAck(reply),
             QoS::ExactlyOnce => {
                 if u8::from(reason) < 0x80 {
                     self.persist().incoming_qos2.insert(pid.get());
                 }
-                self.write(v5::Packet::PublishReceived(reply), out);
+                v5::Packet::PublishReceived(reply)
             }
+        };
+        // The ack promises the message is safe: it waits for the journal.
+        match durable_at {
+            Some(at) if at > self.durable => self.held_acks.push_back((at, packet)),
+            _ if !self.held_acks.is_empty() => self.held_acks.push_back((0, packet)),
+            _ => self.write(packet, out),
         }
         Ok(())
+    }
+
+    /// The journal reached `position`: acks waiting for it go out.
+    pub fn set_durable(&mut self, position: LogPosition, out: &mut BytesMut) {
+        self.durable = self.durable.max(position);
+        while let Some((at, _)) = self.held_acks.front() {
+            if *at > self.durable {
+                break;
+            }
+            let (_, packet) = self.held_acks.pop_front().expect("front exists");
+            self.write(packet, out);
+        }
+    }
+
+    /// Some ack waits for the journal.
+    pub fn awaits_durability(&self) -> bool {
+        !self.held_acks.is_empty()
     }
 
     fn binding(&self, key: &str) -> BindingSpec {
@@ -1372,5 +1410,402 @@ fn random_suffix() -> String {
 pub fn publish_will(vhost: &VHost, will: &Will) {
     if let Err(e) = vhost.publish(will.message.clone()) {
         tracing::info!(error = %e, "will not published");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Limits, NoLog};
+    use tokio::sync::mpsc;
+    use tokio_util::codec::Decoder as _;
+
+    fn broker() -> Arc<Broker> {
+        Broker::new(
+            &["/"],
+            Users::new([User {
+                name: "guest".into(),
+                password: "guest".into(),
+                tags: vec![],
+                loopback_only: true,
+                vhosts: vec![],
+            }]),
+            Limits::default(),
+            Arc::new(NoLog),
+        )
+    }
+
+    struct Peer {
+        session: Session,
+        events: mpsc::UnboundedReceiver<Event>,
+        out: BytesMut,
+        client: v5::Codec,
+    }
+
+    impl Peer {
+        fn new(broker: &Arc<Broker>, settings: Settings) -> Self {
+            let (tx, rx) = mpsc::unbounded_channel();
+            Self {
+                session: Session::new(
+                    broker.clone(),
+                    Arc::new(settings),
+                    "127.0.0.1:5000".parse().unwrap(),
+                    tx,
+                ),
+                events: rx,
+                out: BytesMut::new(),
+                client: v5::Codec::new(1 << 20, 1 << 20),
+            }
+        }
+
+        fn send(&mut self, p: v5::Packet) {
+            let inbound = match p {
+                v5::Packet::Connect(c) => Inbound::Connect(Version::V5, c),
+                other => Inbound::Packet(other),
+            };
+            self.session.on_packet(inbound, &mut self.out);
+            self.session.end_of_batch();
+        }
+
+        /// Feeds the core's events to the session, then decodes everything written.
+        fn received(&mut self) -> Vec<v5::Packet> {
+            while let Ok(e) = self.events.try_recv() {
+                self.session.on_event(e, &mut self.out);
+            }
+            self.session.end_of_batch();
+            self.session.after_write();
+            let mut got = Vec::new();
+            while let Some((p, _)) = self
+                .client
+                .decode(&mut self.out)
+                .expect("server output decodes")
+            {
+                got.push(p);
+            }
+            got
+        }
+
+        fn connect(&mut self, id: &str, f: impl FnOnce(&mut v5::Connect)) -> v5::ConnectAck {
+            let mut c = v5::Connect {
+                clean_start: true,
+                client_id: id.into(),
+                keep_alive: 30,
+                ..Default::default()
+            };
+            f(&mut c);
+            self.send(v5::Packet::Connect(Box::new(c)));
+            match self.received().into_iter().next() {
+                Some(v5::Packet::ConnectAck(a)) => *a,
+                other => panic!("CONNACK expected, got {other:?}"),
+            }
+        }
+    }
+
+    fn pid(n: u16) -> NonZeroU16 {
+        NonZeroU16::new(n).unwrap()
+    }
+
+    fn publish(topic: &str, qos: QoS, id: Option<u16>, body: &'static [u8]) -> v5::Packet {
+        v5::Packet::Publish(Box::new(Publish {
+            dup: false,
+            retain: false,
+            qos,
+            topic: topic.into(),
+            packet_id: id.map(pid),
+            payload: bytes::Bytes::from_static(body),
+            properties: Some(Default::default()),
+        }))
+    }
+
+    fn subscribe(id: u16, filter: &str, qos: QoS) -> v5::Packet {
+        v5::Packet::Subscribe(v5::Subscribe {
+            packet_id: pid(id),
+            id: None,
+            user_properties: vec![],
+            topic_filters: vec![(
+                filter.into(),
+                v5::SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            )],
+        })
+    }
+
+    #[tokio::test]
+    async fn connect_subscribe_and_publish_to_oneself_at_qos1() {
+        let b = broker();
+        let mut c = Peer::new(&b, Settings::default());
+        let connack = c.connect("", |_| {});
+        assert_eq!(connack.reason_code, ConnectAckReason::Success);
+        assert!(
+            connack.assigned_client_id.is_some(),
+            "an empty client id gets one assigned"
+        );
+        c.send(subscribe(1, "a/+", QoS::AtLeastOnce));
+        let got = c.received();
+        assert!(
+            matches!(&got[..], [v5::Packet::SubscribeAck(s)] if s.status == [SubscribeAckReason::GrantedQos1]),
+            "{got:?}"
+        );
+        c.send(publish("a/b", QoS::AtLeastOnce, Some(7), b"hi"));
+        let got = c.received();
+        assert!(
+            matches!(&got[0], v5::Packet::PublishAck(a) if a.packet_id == pid(7) && a.reason_code == PublishAckReason::Success),
+            "{got:?}"
+        );
+        let v5::Packet::Publish(p) = &got[1] else {
+            panic!("delivery expected: {got:?}")
+        };
+        assert_eq!(&*p.topic, "a/b");
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+        assert_eq!(c.session.in_flight(), 1);
+        c.send(v5::Packet::PublishAck(ack(p.packet_id.unwrap())));
+        assert_eq!(c.session.in_flight(), 0);
+        let q = b.vhost("/").unwrap().queues();
+        assert_eq!(q[0].unacked_count(), 0, "PUBACK settled the delivery");
+    }
+
+    #[tokio::test]
+    async fn a_second_connect_is_a_protocol_error() {
+        let b = broker();
+        let mut c = Peer::new(&b, Settings::default());
+        c.connect("c1", |_| {});
+        c.send(v5::Packet::Connect(Box::default()));
+        let got = c.received();
+        assert!(
+            matches!(&got[..], [v5::Packet::Disconnect(d)] if d.reason_code == DisconnectReasonCode::ProtocolError),
+            "{got:?}"
+        );
+        assert!(c.session.is_done());
+    }
+
+    #[tokio::test]
+    async fn a_repeated_qos2_publish_is_routed_once() {
+        let b = broker();
+        let mut c = Peer::new(&b, Settings::default());
+        c.connect("c2", |_| {});
+        c.send(subscribe(1, "x", QoS::AtMostOnce));
+        c.received();
+        c.send(publish("x", QoS::ExactlyOnce, Some(3), b"once"));
+        c.send(publish("x", QoS::ExactlyOnce, Some(3), b"once"));
+        let got = c.received();
+        let recs = got
+            .iter()
+            .filter(|p| matches!(p, v5::Packet::PublishReceived(_)))
+            .count();
+        let pubs = got
+            .iter()
+            .filter(|p| matches!(p, v5::Packet::Publish(_)))
+            .count();
+        assert_eq!((recs, pubs), (2, 1), "{got:?}");
+        c.send(v5::Packet::PublishRelease(ack2(pid(3))));
+        let got = c.received();
+        assert!(
+            matches!(&got[..], [v5::Packet::PublishComplete(a)] if a.reason_code == PublishAck2Reason::Success)
+        );
+        c.send(v5::Packet::PublishRelease(ack2(pid(3))));
+        let got = c.received();
+        assert!(
+            matches!(&got[..], [v5::Packet::PublishComplete(a)] if a.reason_code == PublishAck2Reason::PacketIdNotFound)
+        );
+    }
+
+    #[tokio::test]
+    async fn qos2_deliveries_wait_for_pubrec_then_pubcomp() {
+        let b = broker();
+        let mut c = Peer::new(&b, Settings::default());
+        c.connect("c3", |_| {});
+        c.send(subscribe(1, "x", QoS::ExactlyOnce));
+        c.received();
+        c.send(publish("x", QoS::ExactlyOnce, Some(1), b"q2"));
+        let got = c.received();
+        let Some(v5::Packet::Publish(p)) = got.iter().find(|p| matches!(p, v5::Packet::Publish(_)))
+        else {
+            panic!("{got:?}")
+        };
+        let id = p.packet_id.unwrap();
+        c.send(v5::Packet::PublishReceived(ack(id)));
+        let got = c.received();
+        assert!(matches!(&got[..], [v5::Packet::PublishRelease(r)] if r.packet_id == id));
+        assert_eq!(c.session.in_flight(), 1, "still in flight until PUBCOMP");
+        c.send(v5::Packet::PublishComplete(ack2(id)));
+        assert_eq!(c.session.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn topic_aliases_are_checked_and_resolved() {
+        let b = broker();
+        let mut c = Peer::new(
+            &b,
+            Settings {
+                topic_alias_max: 2,
+                ..Settings::default()
+            },
+        );
+        c.connect("c4", |_| {});
+        c.send(subscribe(1, "t/#", QoS::AtMostOnce));
+        c.received();
+        let with_alias = |topic: &str, alias: u16| {
+            v5::Packet::Publish(Box::new(Publish {
+                dup: false,
+                retain: false,
+                qos: QoS::AtMostOnce,
+                topic: topic.into(),
+                packet_id: None,
+                payload: bytes::Bytes::from_static(b"a"),
+                properties: Some(v5::PublishProperties {
+                    topic_alias: NonZeroU16::new(alias),
+                    ..Default::default()
+                }),
+            }))
+        };
+        c.send(with_alias("t/1", 1));
+        c.send(with_alias("", 1));
+        let got = c.received();
+        let topics: Vec<&str> = got
+            .iter()
+            .filter_map(|p| match p {
+                v5::Packet::Publish(p) => Some(&*p.topic),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(topics, ["t/1", "t/1"]);
+        c.send(with_alias("t/2", 3));
+        let got = c.received();
+        assert!(
+            matches!(&got[..], [v5::Packet::Disconnect(d)] if d.reason_code == DisconnectReasonCode::TopicAliasInvalid),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn inbound_qos2_beyond_receive_maximum_disconnects() {
+        let b = broker();
+        let mut c = Peer::new(
+            &b,
+            Settings {
+                receive_max: 1,
+                ..Settings::default()
+            },
+        );
+        let connack = c.connect("c5", |_| {});
+        assert_eq!(connack.receive_max.get(), 1);
+        c.send(publish("x", QoS::ExactlyOnce, Some(1), b"1"));
+        c.send(publish("x", QoS::ExactlyOnce, Some(2), b"2"));
+        let got = c.received();
+        assert!(
+            matches!(got.last(), Some(v5::Packet::Disconnect(d)) if d.reason_code == DisconnectReasonCode::ReceiveMaximumExceeded),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn outbound_window_holds_deliveries_beyond_the_clients_receive_maximum() {
+        let b = broker();
+        let mut c = Peer::new(&b, Settings::default());
+        c.connect("c6", |c| c.receive_max = NonZeroU16::new(2));
+        c.send(subscribe(1, "w", QoS::AtLeastOnce));
+        c.received();
+        for i in 1..=4 {
+            c.send(publish("w", QoS::AtLeastOnce, Some(i), b"m"));
+        }
+        let got = c.received();
+        let ids: Vec<NonZeroU16> = got
+            .iter()
+            .filter_map(|p| match p {
+                v5::Packet::Publish(p) => p.packet_id,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids.len(), 2, "two in flight at most: {got:?}");
+        c.send(v5::Packet::PublishAck(ack(ids[0])));
+        let got = c.received();
+        let more = got
+            .iter()
+            .filter(|p| matches!(p, v5::Packet::Publish(_)))
+            .count();
+        assert_eq!(more, 1, "one PUBACK lets one more out");
+    }
+
+    #[tokio::test]
+    async fn server_keep_alive_caps_the_clients_and_anonymous_can_be_refused() {
+        let b = broker();
+        let mut c = Peer::new(
+            &b,
+            Settings {
+                max_keep_alive: Some(10),
+                ..Settings::default()
+            },
+        );
+        let connack = c.connect("c7", |c| c.keep_alive = 0);
+        assert_eq!(connack.server_keepalive_sec, Some(10));
+        assert_eq!(c.session.keep_alive(), 10);
+        let mut d = Peer::new(
+            &b,
+            Settings {
+                anonymous: None,
+                ..Settings::default()
+            },
+        );
+        let connack = d.connect("c8", |_| {});
+        assert_eq!(connack.reason_code, ConnectAckReason::NotAuthorized);
+        let mut e = Peer::new(&b, Settings::default());
+        let connack = e.connect("c9", |c| {
+            c.username = Some("guest".into());
+            c.password = Some(bytes::Bytes::from_static(b"wrong"));
+        });
+        assert_eq!(connack.reason_code, ConnectAckReason::BadUserNameOrPassword);
+        let mut f = Peer::new(&b, Settings::default());
+        let connack = f.connect("c10", |c| {
+            c.username = Some("nohost:guest".into());
+            c.password = Some(bytes::Bytes::from_static(b"guest"));
+        });
+        assert_eq!(connack.reason_code, ConnectAckReason::NotAuthorized);
+    }
+
+    #[tokio::test]
+    async fn no_local_and_subscription_identifiers_apply_per_subscription() {
+        let b = broker();
+        let mut c = Peer::new(&b, Settings::default());
+        c.connect("c11", |_| {});
+        let sub = |id: u16, sid: u32, filter: &str, no_local: bool| {
+            v5::Packet::Subscribe(v5::Subscribe {
+                packet_id: pid(id),
+                id: NonZeroU32::new(sid),
+                user_properties: vec![],
+                topic_filters: vec![(
+                    filter.into(),
+                    v5::SubscriptionOptions {
+                        qos: QoS::AtMostOnce,
+                        no_local,
+                        ..Default::default()
+                    },
+                )],
+            })
+        };
+        c.send(sub(1, 5, "n/#", false));
+        c.send(sub(2, 6, "n/+", false));
+        c.received();
+        c.send(publish("n/x", QoS::AtMostOnce, None, b"1"));
+        let got = c.received();
+        let [v5::Packet::Publish(p)] = &got[..] else {
+            panic!("one copy for overlapping subscriptions: {got:?}")
+        };
+        let mut ids: Vec<u32> = p
+            .properties
+            .as_ref()
+            .unwrap()
+            .subscription_ids
+            .iter()
+            .map(|n| n.get())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, [5, 6]);
+        c.send(sub(3, 7, "n/#", true));
+        c.send(sub(4, 8, "n/+", true));
+        c.received();
+        c.send(publish("n/x", QoS::AtMostOnce, None, b"2"));
+        assert!(c.received().is_empty(), "no-local drops our own message");
     }
 }
