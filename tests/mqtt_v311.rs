@@ -328,3 +328,58 @@ async fn unsubscribe_stops_deliveries() {
     let p = c.expect("the next delivery", publish_of).await;
     assert_eq!(p.topic, "other", "news/today is no longer subscribed");
 }
+
+#[tokio::test]
+async fn persistent_session_and_its_queued_messages_survive_a_broker_restart() {
+    let dir = common::fresh_dir();
+    {
+        let server = common::start_in(&dir).await;
+        let mut opts = v4_options(&server, "survivor");
+        opts.set_clean_session(false);
+        let (mut c, _) = V4::connect(opts).await;
+        subscribed(&mut c, "alerts/+", QoS::AtLeastOnce).await;
+        c.client.disconnect().await.expect("disconnect queued");
+        c.closed("the broker to close after DISCONNECT").await;
+        let mut publisher = v4(&server, "alarm").await;
+        for i in 0..2u8 {
+            publisher
+                .client
+                .publish(format!("alerts/{i}"), QoS::AtLeastOnce, false, vec![i])
+                .await
+                .expect("publish queued");
+        }
+        for _ in 0..2 {
+            publisher
+                .expect("PUBACK (the journal holds the message)", |p| {
+                    matches!(p, Packet::PubAck(_)).then_some(())
+                })
+                .await;
+        }
+        drop(publisher);
+        server.shutdown(std::time::Duration::from_secs(5)).await;
+    }
+    let server = common::start_in(&dir).await;
+    let mut opts = v4_options(&server, "survivor");
+    opts.set_clean_session(false);
+    let (mut c, ack) = V4::connect(opts).await;
+    assert!(
+        ack.session_present,
+        "resumed from the durable queue and its bindings"
+    );
+    for i in 0..2u8 {
+        let p = c
+            .expect("a message kept across the restart", publish_of)
+            .await;
+        assert_eq!(p.topic, format!("alerts/{i}"));
+    }
+    let publisher = v4(&server, "alarm2").await;
+    publisher
+        .client
+        .publish("alerts/new", QoS::AtLeastOnce, false, "n")
+        .await
+        .expect("publish queued");
+    let p = c
+        .expect("a message through the recovered subscription", publish_of)
+        .await;
+    assert_eq!(p.topic, "alerts/new");
+}

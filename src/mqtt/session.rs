@@ -496,6 +496,14 @@ impl Session {
         }
         self.state = state;
         self.holds_name = true;
+        if !session_present && !c.clean_start && durable {
+            // The registry forgot the session (a restart) but its queue
+            // and bindings were kept: resume from them.
+            if let Some(subs) = self.recover_subscriptions(&vhost) {
+                self.persist().subscriptions = subs;
+                session_present = true;
+            }
+        }
         self.vhost = Some(vhost.clone());
         self.user = Some(user);
         self.will = will;
@@ -562,7 +570,7 @@ impl Session {
         resume: bool,
         durable: bool,
     ) -> Result<Arc<Queue>, crate::core::CoreError> {
-        let name = QueueName::from(format!("mqtt-subscription-{}qos1", self.client_id));
+        let name = session_queue_name(&self.client_id);
         if let Some(q) = vhost.queue(name.as_str()) {
             let spec = q.spec();
             if !resume || spec.durable != durable || spec.exclusive.is_some() {
@@ -806,9 +814,28 @@ impl Session {
         !self.held_acks.is_empty()
     }
 
-    fn binding(&self, key: &str) -> BindingSpec {
+    fn binding(&self, raw: &str, sub: &Subscription) -> BindingSpec {
         let queue = self.queue.as_ref().expect("open sessions have a queue");
-        binding_to(queue.name().clone(), key)
+        sub.binding(queue.name().clone(), raw)
+    }
+
+    /// Reads a durable session's subscriptions back from its queue's
+    /// bindings, when the registry has forgotten them (a broker restart).
+    fn recover_subscriptions(&self, vhost: &VHost) -> Option<BTreeMap<String, Subscription>> {
+        let name = session_queue_name(&self.client_id);
+        let q = vhost.queue(name.as_str())?;
+        if !q.spec().durable || q.spec().exclusive.is_some() {
+            return None;
+        }
+        let dest = Destination::Queue(name);
+        Some(
+            vhost
+                .bindings()
+                .iter()
+                .filter(|b| b.destination == dest && b.source.as_str() == RETAINING_EXCHANGE)
+                .filter_map(Subscription::from_binding)
+                .collect(),
+        )
     }
 
     fn on_subscribe(&mut self, s: v5::Subscribe, out: &mut BytesMut) -> Outcome {
@@ -837,10 +864,18 @@ impl Session {
             };
             let raw = raw.to_string();
             let existed = self.persist().subscriptions.contains_key(&raw);
+            let previous = self.persist().subscriptions.get(&raw).cloned();
             let bound = if sub.filter.group.is_some() {
                 self.join_share(&raw, &sub)
             } else {
-                vhost.bind(self.binding(&sub.filter.key), Some(self.conn_id))
+                let spec = self.binding(&raw, &sub);
+                if let Some(old) = previous.filter(|p| p.filter.group.is_none()) {
+                    let old = self.binding(&raw, &old);
+                    if old != spec {
+                        let _ = vhost.unbind(&old, Some(self.conn_id));
+                    }
+                }
+                vhost.bind(spec, Some(self.conn_id))
             };
             if let Err(e) = bound {
                 tracing::info!(client = %self.client_id, filter = %raw, error = %e, "subscribe failed");
@@ -951,14 +986,7 @@ impl Session {
                     self.cancel_consumer(id);
                 }
             } else {
-                let still_used = self
-                    .persist()
-                    .subscriptions
-                    .values()
-                    .any(|s| s.filter.group.is_none() && s.filter.key == sub.filter.key);
-                if !still_used {
-                    let _ = vhost.unbind(&self.binding(&sub.filter.key), Some(self.conn_id));
-                }
+                let _ = vhost.unbind(&self.binding(&raw, &sub), Some(self.conn_id));
             }
             status.push(UnsubscribeAckReason::Success);
         }
@@ -1349,6 +1377,64 @@ impl Session {
             let after = queue.sent(consumer, n);
             vhost.settle_aftermath(&queue, after);
         }
+    }
+}
+
+/// The queue holding a session's subscriptions (RabbitMQ's name for it).
+fn session_queue_name(client_id: &str) -> QueueName {
+    QueueName::from(format!("mqtt-subscription-{client_id}qos1"))
+}
+
+/// Binding arguments that record a subscription on its binding, so a
+/// durable session's subscriptions can be read back from its queue.
+const ARG_FILTER: &str = "x-mqtt-filter";
+const ARG_QOS: &str = "x-mqtt-qos";
+const ARG_NO_LOCAL: &str = "x-mqtt-no-local";
+const ARG_RETAIN_AS_PUBLISHED: &str = "x-mqtt-retain-as-published";
+const ARG_SUBSCRIPTION_ID: &str = "x-mqtt-subscription-id";
+
+impl Subscription {
+    /// The binding of the session's queue that carries this subscription.
+    fn binding(&self, queue: QueueName, raw: &str) -> BindingSpec {
+        let mut spec = binding_to(queue, &self.filter.key);
+        let args = &mut spec.arguments;
+        args.insert(ARG_FILTER.into(), Value::Str(raw.to_owned()));
+        args.insert(ARG_QOS.into(), Value::U8(self.qos.value()));
+        args.insert(ARG_NO_LOCAL.into(), Value::Bool(self.no_local));
+        args.insert(
+            ARG_RETAIN_AS_PUBLISHED.into(),
+            Value::Bool(self.retain_as_published),
+        );
+        if let Some(id) = self.id {
+            args.insert(ARG_SUBSCRIPTION_ID.into(), Value::U32(id.get()));
+        }
+        spec
+    }
+
+    /// A subscription read back from its binding.
+    fn from_binding(b: &BindingSpec) -> Option<(String, Subscription)> {
+        let args = &b.arguments;
+        let raw = args.get(ARG_FILTER)?.as_str()?.to_owned();
+        let filter = topic::parse_filter(&raw).ok()?;
+        let flag = |k: &str| args.get(k).and_then(Value::as_bool).unwrap_or(false);
+        let qos = match args.get(ARG_QOS).and_then(Value::as_i64) {
+            Some(0) => QoS::AtMostOnce,
+            Some(1) => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        };
+        let sub = Subscription {
+            matcher: topic::matcher(&filter.key),
+            filter,
+            qos,
+            no_local: flag(ARG_NO_LOCAL),
+            retain_as_published: flag(ARG_RETAIN_AS_PUBLISHED),
+            id: args
+                .get(ARG_SUBSCRIPTION_ID)
+                .and_then(Value::as_i64)
+                .and_then(|n| u32::try_from(n).ok())
+                .and_then(NonZeroU32::new),
+        };
+        Some((raw, sub))
     }
 }
 
