@@ -138,12 +138,11 @@ pub async fn serve<S>(
 /// come, unless a new connection resumed the session first.
 async fn linger(f: Farewell) {
     let Some(vhost) = f.vhost else { return };
-    let now = |will: &Option<super::session::Will>| will.as_ref().is_some_and(|w| w.delay == 0);
     let mut will = f.will;
-    if now(&will) {
-        if let Some(w) = will.take() {
-            publish_will(&vhost, &w);
-        }
+    if will.as_ref().is_some_and(|w| w.delay == 0)
+        && let Some(w) = will.take()
+    {
+        publish_will(&vhost, &w);
     }
     let Some(generation) = f.generation else {
         return;
