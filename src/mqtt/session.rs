@@ -1141,13 +1141,14 @@ impl Session {
             let mut ids = Vec::new();
             let origin = d.message.origin();
             let mine = origin == Some(&*self.client_id);
+            // With a single subscription the queue's one binding already
+            // matched: no need to match again.
+            let single = st.subscriptions.len() == 1;
             let matching: Box<dyn Iterator<Item = &Subscription>> = match &shared {
                 Some(raw) => Box::new(st.subscriptions.get(raw).into_iter()),
-                None => Box::new(
-                    st.subscriptions
-                        .values()
-                        .filter(|s| s.filter.group.is_none() && s.matcher.matches(key)),
-                ),
+                None => Box::new(st.subscriptions.values().filter(move |s| {
+                    s.filter.group.is_none() && (single || s.matcher.matches(key))
+                })),
             };
             for s in matching {
                 if s.no_local && mine {
