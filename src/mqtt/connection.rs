@@ -23,6 +23,15 @@ const EVENT_BATCH: usize = 512;
 /// Stop reading while this much output waits for a slow client, so a
 /// publisher that never reads its acks cannot grow our buffers.
 const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
+/// Bytes made room for before a read while the client is sending a lot.
+const READ_CHUNK: usize = 8 * 1024;
+/// Bytes made room for while it sends little (pings, small publishes):
+/// an idle connection waits on a buffer this small.
+const READ_SMALL: usize = 512;
+/// Buffers larger than this are let go once drained, so an idle
+/// connection holds almost no memory (thousands of idle devices are the
+/// common case for MQTT).
+const IDLE_BUFFER: usize = 1024;
 /// Time a client has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -41,18 +50,25 @@ pub async fn serve<S>(
     let mut durable = broker.durable();
     let mut decoder = Decoder::new(settings.max_packet);
     let mut session = Session::new(broker, settings, peer, tx);
-    let mut rbuf = BytesMut::with_capacity(8 * 1024);
-    let mut wbuf = BytesMut::with_capacity(8 * 1024);
+    let mut rbuf = BytesMut::new();
+    let mut wbuf = BytesMut::new();
     let mut writing = BytesMut::new();
-    let mut batch = Vec::with_capacity(EVENT_BATCH);
+    let mut batch = Vec::new();
     let started = Instant::now();
     let mut last_read = started;
     let mut eof = false;
+    let mut read_size = READ_SMALL;
 
     loop {
         if writing.is_empty() && !wbuf.is_empty() {
             std::mem::swap(&mut writing, &mut wbuf);
             session.after_write();
+        }
+        if wbuf.is_empty() && wbuf.capacity() > IDLE_BUFFER {
+            wbuf = BytesMut::new();
+        }
+        if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
+            rbuf = BytesMut::new();
         }
         if (session.is_done() || eof) && writing.is_empty() {
             break;
@@ -67,17 +83,27 @@ pub async fn serve<S>(
             Instant::now() + Duration::from_secs(3600)
         };
         let can_read = !eof && !session.is_done() && wbuf.len() < WRITE_HIGH_WATER;
+        if can_read && rbuf.capacity() - rbuf.len() < read_size / 2 {
+            rbuf.reserve(read_size);
+        }
         tokio::select! {
             r = wr.write_buf(&mut writing), if !writing.is_empty() => {
                 if matches!(r, Ok(0) | Err(_)) {
                     break;
                 }
+                if writing.is_empty() {
+                    writing = BytesMut::new();
+                }
             }
             r = rd.read_buf(&mut rbuf), if can_read => {
-                if matches!(r, Ok(0) | Err(_)) {
-                    eof = true;
-                    continue;
-                }
+                let n = match r {
+                    Ok(0) | Err(_) => {
+                        eof = true;
+                        continue;
+                    }
+                    Ok(n) => n,
+                };
+                read_size = if n >= READ_SMALL / 2 { READ_CHUNK } else { READ_SMALL };
                 last_read = Instant::now();
                 loop {
                     match decoder.decode(&mut rbuf) {
@@ -100,6 +126,9 @@ pub async fn serve<S>(
                 if n == 0 { break; }
                 for event in batch.drain(..) {
                     session.on_event(event, &mut wbuf);
+                }
+                if batch.capacity() > 64 {
+                    batch = Vec::new();
                 }
                 session.end_of_batch();
             }

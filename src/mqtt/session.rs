@@ -508,18 +508,20 @@ impl Session {
         self.user = Some(user);
         self.will = will;
 
-        let queue = match self.open_queue(&vhost, session_present, durable) {
-            Ok(q) => q,
+        // A durable session's queue exists from CONNECT on, to keep
+        // messages while the client is away; a clean session's is made at
+        // its first subscription, so an idle publisher costs no queue.
+        match self.open_queue(&vhost, session_present, durable, durable) {
+            Ok(q) => self.queue = q,
             Err(e) => {
                 self.refuse(ConnectAckReason::ServerUnavailable, &e.to_string(), out);
                 return Ok(());
             }
-        };
+        }
         if !session_present {
             // The bindings of a queue that outlived its session state.
             self.persist().subscriptions.clear();
         }
-        self.queue = Some(queue);
 
         let ack = v5::ConnectAck {
             session_present,
@@ -562,20 +564,24 @@ impl Session {
         Ok(())
     }
 
-    /// Declares the session's queue, replacing one left by a session that
-    /// is not being resumed.
+    /// Deletes a session queue left by a session that is not being resumed,
+    /// then (with `create`) declares the session's own.
     fn open_queue(
         &mut self,
         vhost: &Arc<VHost>,
         resume: bool,
         durable: bool,
-    ) -> Result<Arc<Queue>, crate::core::CoreError> {
+        create: bool,
+    ) -> Result<Option<Arc<Queue>>, crate::core::CoreError> {
         let name = session_queue_name(&self.client_id);
         if let Some(q) = vhost.queue(name.as_str()) {
             let spec = q.spec();
             if !resume || spec.durable != durable || spec.exclusive.is_some() {
                 vhost.delete_queue(name.as_str(), false, false, spec.exclusive)?;
             }
+        }
+        if !create {
+            return Ok(None);
         }
         vhost.declare_queue(
             QueueSpec {
@@ -587,7 +593,18 @@ impl Session {
             },
             false,
         )?;
-        vhost.existing_queue(name.as_str())
+        vhost.existing_queue(name.as_str()).map(Some)
+    }
+
+    /// The session's queue, declared at the first subscription that needs it.
+    fn ensure_queue(&mut self) -> Result<(), crate::core::CoreError> {
+        if self.queue.is_some() {
+            return Ok(());
+        }
+        let vhost = self.vhost.clone().expect("open sessions have a vhost");
+        let durable = self.session_expiry > 0;
+        self.queue = self.open_queue(&vhost, true, durable, true)?;
+        Ok(())
     }
 
     fn will_message(&self, w: &v5::LastWill) -> Result<Will, Disconnect> {
@@ -867,6 +884,8 @@ impl Session {
             let previous = self.persist().subscriptions.get(&raw).cloned();
             let bound = if sub.filter.group.is_some() {
                 self.join_share(&raw, &sub)
+            } else if let Err(e) = self.ensure_queue() {
+                Err(e)
             } else {
                 let spec = self.binding(&raw, &sub);
                 if let Some(old) = previous.filter(|p| p.filter.group.is_none()) {
