@@ -1366,6 +1366,14 @@ impl Session {
         } else {
             None
         };
+        if !durable
+            && generation.is_some()
+            && let Some(q) = &self.queue
+            && q.spec().durable
+        {
+            // DISCONNECT set the session expiry to 0: the session ends now.
+            let _ = vhost.delete_queue(q.name().as_str(), false, false, None);
+        }
         vhost.connection_closed(self.conn_id);
         let taken_over = generation.is_none();
         let will = self
@@ -1913,5 +1921,36 @@ mod tests {
         c.received();
         c.send(publish("n/x", QoS::AtMostOnce, None, b"2"));
         assert!(c.received().is_empty(), "no-local drops our own message");
+    }
+
+    #[tokio::test]
+    async fn disconnect_with_expiry_zero_ends_a_durable_session() {
+        let b = broker();
+        let mut c = Peer::new(&b, Settings::default());
+        let connack = c.connect("c12", |c| {
+            c.clean_start = false;
+            c.session_expiry_interval_secs = 60;
+        });
+        assert!(!connack.session_present);
+        c.send(subscribe(1, "d/#", QoS::AtLeastOnce));
+        c.received();
+        let vhost = b.vhost("/").unwrap();
+        assert!(
+            vhost
+                .queue("mqtt-subscription-c12qos1")
+                .is_some_and(|q| q.spec().durable)
+        );
+        c.send(v5::Packet::Disconnect(v5::Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+            session_expiry_interval_secs: Some(0),
+            server_reference: None,
+            reason_string: None,
+            user_properties: vec![],
+        }));
+        assert!(c.session.is_done());
+        let farewell = c.session.release();
+        assert!(farewell.will.is_none() && farewell.expiry.is_none());
+        assert!(vhost.queue("mqtt-subscription-c12qos1").is_none());
+        assert!(!vhost.sessions().contains("c12"));
     }
 }
