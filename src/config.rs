@@ -122,6 +122,12 @@ pub struct Config {
     pub vhosts: Vec<String>,
     /// Users; guest/guest (loopback only) when none are configured.
     pub users: Vec<UserConfig>,
+    /// MQTT clients that send no user name log in as `mqtt_default_user`.
+    pub mqtt_allow_anonymous: bool,
+    /// The user anonymous MQTT clients log in as.
+    pub mqtt_default_user: String,
+    /// Its password.
+    pub mqtt_default_pass: String,
 }
 
 impl Default for Config {
@@ -145,6 +151,9 @@ impl Default for Config {
             memory_limit_bytes: 0,
             vhosts: vec!["/".into()],
             users: Vec::new(),
+            mqtt_allow_anonymous: true,
+            mqtt_default_user: "guest".into(),
+            mqtt_default_pass: "guest".into(),
         }
     }
 }

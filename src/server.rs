@@ -45,6 +45,8 @@ pub struct Server {
     pub broker: Arc<Broker>,
     /// Where AMQP listens, if it does.
     pub amqp: Option<SocketAddr>,
+    /// Where MQTT listens, if it does.
+    pub mqtt: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     /// Held for the server's life: the data directory is ours.
@@ -197,8 +199,19 @@ impl Server {
                 tracker.clone(),
             ));
         }
+        let mqtt = bind("MQTT", &config.mqtt).await?;
+        let mqtt_addr = mqtt.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = mqtt {
+            tracker.spawn(accept_mqtt(
+                listener,
+                broker.clone(),
+                Arc::new(mqtt_settings(config)),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
         // Scripts wait for this line and read the bound addresses from it.
-        let bound: Vec<String> = [("amqp", amqp_addr)]
+        let bound: Vec<String> = [("amqp", amqp_addr), ("mqtt", mqtt_addr)]
             .iter()
             .filter_map(|(name, addr)| addr.map(|a| format!("{name}={a}")))
             .collect();
@@ -210,6 +223,7 @@ impl Server {
         Ok(Self {
             broker,
             amqp: amqp_addr,
+            mqtt: mqtt_addr,
             shutdown,
             tracker,
             _lock: lock,
@@ -251,6 +265,59 @@ async fn accept_amqp(
                     socket,
                     peer,
                     broker.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The MQTT adapter's settings from the configuration.
+fn mqtt_settings(config: &Config) -> crate::mqtt::Settings {
+    let defaults = crate::mqtt::Settings::default();
+    crate::mqtt::Settings {
+        // A whole message plus room for the topic and MQTT 5 properties.
+        max_packet: u32::try_from(config.max_message_bytes.saturating_add(64 * 1024))
+            .unwrap_or(u32::MAX)
+            .min(MQTT_MAX_REMAINING_LENGTH),
+        anonymous: config.mqtt_allow_anonymous.then(|| {
+            (
+                config.mqtt_default_user.clone(),
+                config.mqtt_default_pass.clone(),
+            )
+        }),
+        ..defaults
+    }
+}
+
+/// The largest remaining length MQTT's variable-length integer can say.
+const MQTT_MAX_REMAINING_LENGTH: u32 = 268_435_455;
+
+async fn accept_mqtt(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    settings: Arc<crate::mqtt::Settings>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let _ = socket.set_nodelay(true);
+                tracker.spawn(crate::mqtt::serve(
+                    socket,
+                    peer,
+                    broker.clone(),
+                    settings.clone(),
                     shutdown.clone(),
                 ));
             }

@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::binding_options::TopicBinding;
 use super::error::{CoreError, CoreResult};
 use super::message::{Headers, Value};
 use super::names::{ExchangeName, QueueName, RoutingKey};
-use super::pattern::TopicPattern;
 use super::queue::Queue;
 
 /// How an exchange routes.
@@ -172,7 +172,7 @@ enum Table {
     Empty,
     Direct(HashMap<RoutingKey, Vec<Target>>),
     Fanout(Vec<Target>),
-    Topic(Vec<(TopicPattern, Target)>),
+    Topic(Vec<(TopicBinding, Target)>),
     Headers(Vec<(HeadersMatch, Target)>),
 }
 
@@ -203,7 +203,12 @@ impl Exchange {
             ExchangeKind::Topic => Table::Topic(
                 bindings
                     .iter()
-                    .map(|(b, t)| (TopicPattern::new(b.key.as_str()), t.clone()))
+                    .map(|(b, t)| {
+                        (
+                            TopicBinding::from_arguments(b.key.as_str(), &b.arguments),
+                            t.clone(),
+                        )
+                    })
                     .collect(),
             ),
             ExchangeKind::Headers => Table::Headers(

@@ -188,6 +188,9 @@ pub struct MessageData {
     pub body: Bytes,
     /// When the broker accepted it; drives per-message TTL.
     pub received: Instant,
+    /// The named client session that published it, if it has a name
+    /// (sessions.rs); subscriptions that refuse their own messages use it.
+    pub origin: Option<Arc<str>>,
 }
 
 impl Message {
@@ -204,7 +207,33 @@ impl Message {
             properties,
             body,
             received: Instant::now(),
+            origin: None,
         }))
+    }
+
+    /// The same message, marked as published by a named client session.
+    pub fn with_origin(self, origin: Arc<str>) -> Self {
+        let mut this = self;
+        match Arc::get_mut(&mut this.0) {
+            Some(data) => data.origin = Some(origin),
+            None => {
+                let d = &this.0;
+                this = Self(Arc::new(MessageData {
+                    exchange: d.exchange.clone(),
+                    routing_key: d.routing_key.clone(),
+                    properties: d.properties.clone(),
+                    body: d.body.clone(),
+                    received: d.received,
+                    origin: Some(origin),
+                }));
+            }
+        }
+        this
+    }
+
+    /// The named client session that published it.
+    pub fn origin(&self) -> Option<&str> {
+        self.0.origin.as_deref()
     }
 
     /// The exchange it was published to.
@@ -246,6 +275,7 @@ impl Message {
             properties,
             body: self.0.body.clone(),
             received: Instant::now(),
+            origin: self.0.origin.clone(),
         }))
     }
 }

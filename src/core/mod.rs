@@ -4,6 +4,7 @@
 
 pub mod alarm;
 pub mod auth;
+pub mod binding_options;
 pub mod change;
 pub mod delivery;
 pub mod error;
@@ -12,6 +13,8 @@ pub mod message;
 pub mod names;
 pub mod pattern;
 pub mod queue;
+pub mod retained;
+pub mod sessions;
 pub mod vhost;
 
 use std::collections::HashMap;

@@ -16,6 +16,8 @@ use super::exchange::{BindingSpec, Destination, Exchange, ExchangeKind, Exchange
 use super::message::{Headers, Message, Value};
 use super::names::{ConnectionId, ConsumerId, ExchangeName, QueueName, VHostName};
 use super::queue::{Aftermath, ConsumerSpec, DeadLetter, Queue, QueueArgs, QueueLog, QueueSpec};
+use super::retained::RetainedStore;
+use super::sessions::SessionRegistry;
 
 /// Exchanges every vhost has, as RabbitMQ predeclares them.
 const STANDARD_EXCHANGES: [(&str, ExchangeKind); 6] = [
@@ -71,6 +73,8 @@ pub struct VHost {
     queues: RwLock<HashMap<QueueName, Arc<Queue>>>,
     routes: RwLock<Arc<Routes>>,
     journal: Arc<dyn ChangeLog>,
+    retained: RetainedStore,
+    sessions: SessionRegistry,
 }
 
 fn inequivalent(
@@ -96,6 +100,8 @@ impl VHost {
             queues: RwLock::new(HashMap::new()),
             routes: RwLock::new(Arc::new(Routes::new())),
             journal,
+            retained: RetainedStore::default(),
+            sessions: SessionRegistry::default(),
         });
         {
             let mut meta = vhost.meta();
@@ -119,6 +125,16 @@ impl VHost {
     /// Its name.
     pub fn name(&self) -> &VHostName {
         &self.name
+    }
+
+    /// Its retained messages (retained.rs).
+    pub fn retained(&self) -> &RetainedStore {
+        &self.retained
+    }
+
+    /// Its named client sessions (sessions.rs).
+    pub fn sessions(&self) -> &SessionRegistry {
+        &self.sessions
     }
 
     fn meta(&self) -> MutexGuard<'_, Meta> {
@@ -653,6 +669,7 @@ impl VHost {
         }
         let mut targets = Vec::new();
         self.collect(&routes, exchange, &message, &mut targets, &mut Vec::new());
+        self.retained.offer(exchange.spec.name.as_str(), &message);
         Ok(self.deliver(&targets, message, false))
     }
 

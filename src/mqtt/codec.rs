@@ -1,0 +1,519 @@
+//! Bytes <-> MQTT packets, over rmqtt-codec.
+//!
+//! Why rmqtt-codec 0.3: it decodes and encodes every packet of 3.1, 3.1.1
+//! and 5.0 in both directions with public fields, reads AUTH and a v5
+//! DISCONNECT without properties, checks the size limit from the fixed
+//! header before buffering a body, and survived our random-input probe with
+//! no panic. rumqttd's protocol module, tried first, keeps PUBLISH's QoS,
+//! packet id and dup flag private to its crate, panics (`unreachable!`) on
+//! a CONNACK or UNSUBACK sent to a server, cannot read AUTH, and brings
+//! about 200 crates (axum, metrics, config) with it. rumqttc's codec is
+//! written for clients: it rejects a zero-length v5 DISCONNECT and cannot
+//! read AUTH either.
+//!
+//! The session speaks one dialect, MQTT 5's packet types: `Decoder` lifts
+//! 3.1 / 3.1.1 packets into them, and `Writer` lowers them again for a
+//! 3.1.1 peer (dropping properties, mapping reason codes to 3.1.1's return
+//! codes). Both halves always carry a size limit: rmqtt-codec reads 0 as
+//! "unlimited".
+
+use bytes::BytesMut;
+use rmqtt_codec::error::{DecodeError, EncodeError};
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::v3;
+use rmqtt_codec::v5;
+use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
+use tokio_util::codec::{Decoder as _, Encoder as _};
+
+/// The protocol level a client connected with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// MQTT 3.1 (protocol name MQIsdp, level 3).
+    V31,
+    /// MQTT 3.1.1 (level 4).
+    V311,
+    /// MQTT 5.0 (level 5).
+    V5,
+}
+
+impl Version {
+    /// Whether the peer speaks MQTT 5.
+    pub fn is_v5(self) -> bool {
+        self == Version::V5
+    }
+}
+
+/// One packet from the client, in MQTT 5 terms.
+#[derive(Debug)]
+pub enum Inbound {
+    /// CONNECT, with the level it came with.
+    Connect(Version, Box<v5::Connect>),
+    /// Any other packet.
+    Packet(v5::Packet),
+}
+
+/// Why the input cannot be read any further.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The packet announced more bytes than the limit.
+    #[error("packet of {size} bytes is over the limit of {max}")]
+    TooLarge {
+        /// Announced remaining length.
+        size: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// The first packet was not a CONNECT of a protocol level we speak.
+    #[error("unsupported protocol name or level")]
+    UnsupportedProtocol,
+    /// A CONNECT with an empty client id that asks to keep its session.
+    #[error("empty client id with a persistent session")]
+    InvalidClientId,
+    /// Bytes that are not a well-formed packet.
+    #[error("malformed packet: {0}")]
+    Malformed(DecodeError),
+}
+
+impl From<DecodeError> for CodecError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::MaxSizeExceeded { size, max } => CodecError::TooLarge { size, max },
+            DecodeError::InvalidProtocol | DecodeError::UnsupportedProtocolLevel => {
+                CodecError::UnsupportedProtocol
+            }
+            DecodeError::InvalidClientId => CodecError::InvalidClientId,
+            other => CodecError::Malformed(other),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    /// Waiting for CONNECT's protocol level.
+    Sniff,
+    V3(v3::Codec),
+    V5(v5::Codec),
+}
+
+/// The read half: sniffs the protocol level from CONNECT, then decodes
+/// with that version's codec.
+#[derive(Debug)]
+pub struct Decoder {
+    state: State,
+    max_in: u32,
+}
+
+impl Decoder {
+    /// A decoder that refuses packets whose remaining length is over `max_in`.
+    pub fn new(max_in: u32) -> Self {
+        assert!(max_in > 0, "0 means unlimited to rmqtt-codec");
+        Self {
+            state: State::Sniff,
+            max_in,
+        }
+    }
+
+    /// Decodes the next whole packet, if one is buffered.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Inbound>, CodecError> {
+        if let State::Sniff = self.state {
+            // The sniff reads CONNECT's header without consuming anything.
+            let Some(version) = VersionCodec.decode(buf)? else {
+                return Ok(None);
+            };
+            self.state = match version {
+                ProtocolVersion::MQTT3 => State::V3(v3::Codec::new(self.max_in)),
+                ProtocolVersion::MQTT5 => State::V5(v5::Codec::new(self.max_in, self.max_in)),
+            };
+        }
+        match &mut self.state {
+            State::Sniff => unreachable!("set above"),
+            State::V5(codec) => Ok(codec.decode(buf)?.map(|(p, _)| match p {
+                v5::Packet::Connect(c) => Inbound::Connect(Version::V5, c),
+                other => Inbound::Packet(other),
+            })),
+            State::V3(codec) => Ok(codec.decode(buf)?.map(|(p, _)| lift(p))),
+        }
+    }
+
+    /// The version CONNECT announced, once seen (3.1 reads as 3.1.1 here).
+    pub fn version(&self) -> Option<Version> {
+        match self.state {
+            State::Sniff => None,
+            State::V3(_) => Some(Version::V311),
+            State::V5(_) => Some(Version::V5),
+        }
+    }
+}
+
+fn ok_ack(packet_id: std::num::NonZeroU16) -> v5::PublishAck {
+    v5::PublishAck {
+        packet_id,
+        reason_code: v5::PublishAckReason::Success,
+        properties: Vec::new(),
+        reason_string: None,
+    }
+}
+
+fn ok_ack2(packet_id: std::num::NonZeroU16) -> v5::PublishAck2 {
+    v5::PublishAck2 {
+        packet_id,
+        reason_code: v5::PublishAck2Reason::Success,
+        properties: Vec::new(),
+        reason_string: None,
+    }
+}
+
+/// A 3.1 / 3.1.1 packet in MQTT 5 terms.
+fn lift(p: v3::Packet) -> Inbound {
+    use v3::Packet as P;
+    let packet = match p {
+        P::Connect(c) => {
+            let version = if c.protocol.level() == 3 {
+                Version::V31
+            } else {
+                Version::V311
+            };
+            let c = *c;
+            return Inbound::Connect(
+                version,
+                Box::new(v5::Connect {
+                    clean_start: c.clean_session,
+                    keep_alive: c.keep_alive,
+                    // 3.1.1's persistent session never expires on its own.
+                    session_expiry_interval_secs: if c.clean_session { 0 } else { u32::MAX },
+                    last_will: c.last_will.map(|w| v5::LastWill {
+                        qos: w.qos,
+                        retain: w.retain,
+                        topic: w.topic,
+                        message: w.message,
+                        will_delay_interval_sec: None,
+                        correlation_data: None,
+                        message_expiry_interval: None,
+                        content_type: None,
+                        user_properties: Vec::new(),
+                        is_utf8_payload: None,
+                        response_topic: None,
+                    }),
+                    client_id: c.client_id,
+                    username: c.username,
+                    password: c.password,
+                    ..Default::default()
+                }),
+            );
+        }
+        P::Publish(p) => v5::Packet::Publish(p),
+        P::PublishAck { packet_id } => v5::Packet::PublishAck(ok_ack(packet_id)),
+        P::PublishReceived { packet_id } => v5::Packet::PublishReceived(ok_ack(packet_id)),
+        P::PublishRelease { packet_id } => v5::Packet::PublishRelease(ok_ack2(packet_id)),
+        P::PublishComplete { packet_id } => v5::Packet::PublishComplete(ok_ack2(packet_id)),
+        P::Subscribe {
+            packet_id,
+            topic_filters,
+        } => v5::Packet::Subscribe(v5::Subscribe {
+            packet_id,
+            id: None,
+            user_properties: Vec::new(),
+            topic_filters: topic_filters
+                .into_iter()
+                .map(|(f, qos)| {
+                    (
+                        f,
+                        v5::SubscriptionOptions {
+                            qos,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+        }),
+        P::Unsubscribe {
+            packet_id,
+            topic_filters,
+        } => v5::Packet::Unsubscribe(v5::Unsubscribe {
+            packet_id,
+            user_properties: Vec::new(),
+            topic_filters,
+        }),
+        P::PingRequest => v5::Packet::PingRequest,
+        P::Disconnect => v5::Packet::Disconnect(v5::Disconnect {
+            reason_code: v5::DisconnectReasonCode::NormalDisconnection,
+            session_expiry_interval_secs: None,
+            server_reference: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+        }),
+        // Packets only a server sends: the session refuses them.
+        P::ConnectAck(_) => v5::Packet::ConnectAck(Box::default()),
+        P::SubscribeAck { packet_id, .. } => v5::Packet::SubscribeAck(v5::SubscribeAck {
+            packet_id,
+            properties: Vec::new(),
+            reason_string: None,
+            status: Vec::new(),
+        }),
+        P::UnsubscribeAck { packet_id } => v5::Packet::UnsubscribeAck(v5::UnsubscribeAck {
+            packet_id,
+            properties: Vec::new(),
+            reason_string: None,
+            status: Vec::new(),
+        }),
+        P::PingResponse => v5::Packet::PingResponse,
+    };
+    Inbound::Packet(packet)
+}
+
+/// The write half: encodes MQTT 5 packets for the connected version.
+#[derive(Debug)]
+pub struct Writer {
+    version: Version,
+    v3: v3::Codec,
+    v5: v5::Codec,
+    problem_info: bool,
+}
+
+impl Writer {
+    /// A writer for a version, never writing a packet over `max_out` bytes.
+    pub fn new(version: Version, max_out: u32) -> Self {
+        assert!(max_out > 0, "0 means unlimited to rmqtt-codec");
+        let mut v5 = v5::Codec::new(max_out, max_out);
+        v5.set_max_outbound_size(max_out);
+        Self {
+            version,
+            v3: v3::Codec::new(max_out),
+            v5,
+            problem_info: true,
+        }
+    }
+
+    /// The version it writes.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Lowers the limit to the client's Maximum Packet Size (MQTT 5).
+    pub fn set_max_out(&mut self, max: u32) {
+        self.v5.set_max_outbound_size(max.max(6));
+    }
+
+    /// The client asked for no reason strings or user properties on acks.
+    pub fn set_problem_info(&mut self, on: bool) {
+        self.problem_info = on;
+    }
+
+    /// Encodes one packet. `Ok(false)`: the packet has no 3.1.1 form (a
+    /// server DISCONNECT, AUTH) and nothing was written.
+    pub fn write(&mut self, packet: v5::Packet, out: &mut BytesMut) -> Result<bool, EncodeError> {
+        match self.version {
+            Version::V5 => {
+                let packet = if self.problem_info {
+                    packet
+                } else {
+                    strip_problem_info(packet)
+                };
+                match self.v5.encode(packet.clone(), out) {
+                    // An ack's reason string or user properties are what
+                    // made it too large: they are the first to go.
+                    Err(EncodeError::OverMaxPacketSize { .. })
+                        if !matches!(packet, v5::Packet::Publish(_)) =>
+                    {
+                        self.v5.encode(strip_problem_info(packet), out)?;
+                    }
+                    r => r?,
+                }
+                Ok(true)
+            }
+            Version::V31 | Version::V311 => match lower(packet) {
+                Some(p) => {
+                    if let v3::Packet::Publish(ref publish) = p
+                        && publish.payload.len() + publish.topic.len() + 4
+                            > self.v5.max_outbound_size() as usize
+                    {
+                        return Err(EncodeError::OverMaxPacketSize {
+                            size: publish.payload.len() as u32,
+                            max: self.v5.max_outbound_size(),
+                        });
+                    }
+                    self.v3.encode(p, out)?;
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+        }
+    }
+}
+
+fn strip_problem_info(p: v5::Packet) -> v5::Packet {
+    use v5::Packet as P;
+    match p {
+        P::PublishAck(mut a) => {
+            a.properties.clear();
+            a.reason_string = None;
+            P::PublishAck(a)
+        }
+        P::PublishReceived(mut a) => {
+            a.properties.clear();
+            a.reason_string = None;
+            P::PublishReceived(a)
+        }
+        P::PublishRelease(mut a) => {
+            a.properties.clear();
+            a.reason_string = None;
+            P::PublishRelease(a)
+        }
+        P::PublishComplete(mut a) => {
+            a.properties.clear();
+            a.reason_string = None;
+            P::PublishComplete(a)
+        }
+        P::SubscribeAck(mut a) => {
+            a.properties.clear();
+            a.reason_string = None;
+            P::SubscribeAck(a)
+        }
+        P::UnsubscribeAck(mut a) => {
+            a.properties.clear();
+            a.reason_string = None;
+            P::UnsubscribeAck(a)
+        }
+        P::Disconnect(mut d) => {
+            d.user_properties.clear();
+            d.reason_string = None;
+            P::Disconnect(d)
+        }
+        other => other,
+    }
+}
+
+/// An MQTT 5 packet in 3.1.1 terms; `None` when 3.1.1 has no such packet.
+fn lower(p: v5::Packet) -> Option<v3::Packet> {
+    use v5::Packet as P;
+    Some(match p {
+        P::ConnectAck(a) => v3::Packet::ConnectAck(v3::ConnectAck {
+            session_present: a.session_present,
+            return_code: connack_code(a.reason_code),
+        }),
+        P::Publish(mut p) => {
+            p.properties = None;
+            v3::Packet::Publish(p)
+        }
+        P::PublishAck(a) => v3::Packet::PublishAck {
+            packet_id: a.packet_id,
+        },
+        P::PublishReceived(a) => v3::Packet::PublishReceived {
+            packet_id: a.packet_id,
+        },
+        P::PublishRelease(a) => v3::Packet::PublishRelease {
+            packet_id: a.packet_id,
+        },
+        P::PublishComplete(a) => v3::Packet::PublishComplete {
+            packet_id: a.packet_id,
+        },
+        P::SubscribeAck(a) => v3::Packet::SubscribeAck {
+            packet_id: a.packet_id,
+            status: a
+                .status
+                .into_iter()
+                .map(|s| match s {
+                    v5::SubscribeAckReason::GrantedQos0 => {
+                        v3::SubscribeReturnCode::Success(QoS::AtMostOnce)
+                    }
+                    v5::SubscribeAckReason::GrantedQos1 => {
+                        v3::SubscribeReturnCode::Success(QoS::AtLeastOnce)
+                    }
+                    v5::SubscribeAckReason::GrantedQos2 => {
+                        v3::SubscribeReturnCode::Success(QoS::ExactlyOnce)
+                    }
+                    _ => v3::SubscribeReturnCode::Failure,
+                })
+                .collect(),
+        },
+        P::UnsubscribeAck(a) => v3::Packet::UnsubscribeAck {
+            packet_id: a.packet_id,
+        },
+        P::PingResponse => v3::Packet::PingResponse,
+        P::Disconnect(_) | P::Auth(_) => return None,
+        // Client-only packets are never written by the server.
+        P::Connect(_) | P::Subscribe(_) | P::Unsubscribe(_) | P::PingRequest => return None,
+    })
+}
+
+/// MQTT 5 CONNACK reason codes as 3.1.1 return codes.
+fn connack_code(r: v5::ConnectAckReason) -> v3::ConnectAckReason {
+    use v3::ConnectAckReason as O;
+    use v5::ConnectAckReason as R;
+    match r {
+        R::Success => O::ConnectionAccepted,
+        R::UnsupportedProtocolVersion => O::UnacceptableProtocolVersion,
+        R::ClientIdentifierNotValid => O::IdentifierRejected,
+        R::BadUserNameOrPassword => O::BadUserNameOrPassword,
+        R::ServerUnavailable | R::ServerBusy | R::UseAnotherServer | R::ServerMoved => {
+            O::ServiceUnavailable
+        }
+        _ => O::NotAuthorized,
+    }
+}
+
+/// The 3.1.1 CONNACK "unacceptable protocol level", written before the
+/// version is known (MQTT-3.1.2-2).
+pub const CONNACK_UNACCEPTABLE_PROTOCOL: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_v311_connect_is_lifted_and_acks_are_lowered() {
+        let mut buf = BytesMut::from(&b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x3c\x00\x03cid"[..]);
+        let mut d = Decoder::new(1024);
+        let Some(Inbound::Connect(v, c)) = d.decode(&mut buf).unwrap() else {
+            panic!("CONNECT expected")
+        };
+        assert_eq!(v, Version::V311);
+        assert!(c.clean_start);
+        assert_eq!(c.keep_alive, 60);
+        assert_eq!(&*c.client_id, "cid");
+        assert!(buf.is_empty());
+        let mut w = Writer::new(Version::V311, 1024);
+        let mut out = BytesMut::new();
+        let ack = v5::ConnectAck {
+            reason_code: v5::ConnectAckReason::BadUserNameOrPassword,
+            ..Default::default()
+        };
+        assert!(
+            w.write(v5::Packet::ConnectAck(Box::new(ack)), &mut out)
+                .unwrap()
+        );
+        assert_eq!(&out[..], &[0x20, 0x02, 0x00, 0x04]);
+        out.clear();
+        let disconnect = v5::Packet::Disconnect(v5::Disconnect {
+            reason_code: v5::DisconnectReasonCode::ProtocolError,
+            session_expiry_interval_secs: None,
+            server_reference: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+        });
+        assert!(
+            !w.write(disconnect, &mut out).unwrap(),
+            "no server DISCONNECT in 3.1.1"
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn oversized_and_unknown_input_are_errors_not_panics() {
+        let mut d = Decoder::new(16);
+        let mut buf = BytesMut::from(&b"\x10\x7f\x00\x04MQTT\x05"[..]);
+        assert!(matches!(
+            d.decode(&mut buf),
+            Err(CodecError::TooLarge { .. })
+        ));
+        let mut d = Decoder::new(1024);
+        let mut buf = BytesMut::from(&b"\x10\x0f\x00\x04MQTT\x07\x02\x00\x3c\x00\x03cid"[..]);
+        assert!(matches!(
+            d.decode(&mut buf),
+            Err(CodecError::UnsupportedProtocol)
+        ));
+        let mut d = Decoder::new(1024);
+        let mut buf = BytesMut::from(&b"\x30\x02\x00\x01"[..]);
+        assert!(d.decode(&mut buf).is_err(), "PUBLISH before CONNECT");
+    }
+}
