@@ -30,10 +30,8 @@ mod scenario;
 mod wire;
 
 use anyhow::{Result, bail};
+use scenario::Scenario;
 use std::io::Write;
-
-pub use report::Outcome;
-pub use scenario::Scenario;
 
 /// `ferrymq bench`: run the AMQP scenarios against one broker.
 #[derive(clap::Args, Clone, Debug)]
