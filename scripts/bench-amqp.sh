@@ -9,7 +9,7 @@
 #
 # Extra arguments go to the bench (e.g. --scenario NAME, repeatable).
 # Environment: MESSAGES (200000), BENCH_SECONDS (30, publishing cap per
-# scenario), RABBIT_PORT (45672), FERRYMQ_PORT (45772), FERRYMQ_ADDR and
+# scenario), RABBIT_PORT (26672), FERRYMQ_PORT (26772), FERRYMQ_ADDR and
 # FERRYMQ_PID for a ferrymq that is already running, KEEP_TMP=1 to keep logs,
 # QUIET_WAIT=SECONDS to wait (at most that long) before each broker's run
 # until the 1-minute load average is under QUIET_LOAD (1.0): on a shared
@@ -22,13 +22,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES=${MESSAGES:-200000}
 BENCH_SECONDS=${BENCH_SECONDS:-30}
-RABBIT_PORT=${RABBIT_PORT:-45672}
-FERRYMQ_PORT=${FERRYMQ_PORT:-45772}
+RABBIT_PORT=${RABBIT_PORT:-26672}
+FERRYMQ_PORT=${FERRYMQ_PORT:-26772}
 # Away from RabbitMQ's defaults (5672, 25672, 4369, 35672-35682) so a system
-# node, if any, is left alone.
+# node, if any, is left alone, and below Linux's ephemeral range (32768+),
+# where a busy machine's outgoing connections can hold any port.
 RABBIT_DIST_PORT=$((RABBIT_PORT + 10))
 RABBIT_CTL_PORT_MIN=$((RABBIT_PORT + 20))
-RABBIT_EPMD_PORT=$((RABBIT_PORT - 1300))
+RABBIT_EPMD_PORT=$((RABBIT_PORT - 12))
 BENCH_TIMEOUT=900 # seconds for one broker's whole run
 
 say() { printf 'bench-amqp: %s\n' "$*" >&2; }
