@@ -16,6 +16,7 @@ use super::exchange::{BindingSpec, Destination, Exchange, ExchangeKind, Exchange
 use super::message::{Headers, Message, Value};
 use super::names::{ConnectionId, ConsumerId, ExchangeName, QueueName, VHostName};
 use super::queue::{Aftermath, ConsumerSpec, DeadLetter, Queue, QueueArgs, QueueLog, QueueSpec};
+use super::stats::Stats;
 
 /// Exchanges every vhost has, as RabbitMQ predeclares them.
 const STANDARD_EXCHANGES: [(&str, ExchangeKind); 6] = [
@@ -71,6 +72,7 @@ pub struct VHost {
     queues: RwLock<HashMap<QueueName, Arc<Queue>>>,
     routes: RwLock<Arc<Routes>>,
     journal: Arc<dyn ChangeLog>,
+    stats: Arc<Stats>,
 }
 
 fn inequivalent(
@@ -89,6 +91,15 @@ fn inequivalent(
 impl VHost {
     /// Creates a vhost with the standard exchanges.
     pub fn new(name: VHostName, journal: Arc<dyn ChangeLog>) -> Arc<Self> {
+        Self::with_stats(name, journal, Arc::new(Stats::default()))
+    }
+
+    /// As `new`, with its queues counting into `stats`.
+    pub fn with_stats(
+        name: VHostName,
+        journal: Arc<dyn ChangeLog>,
+        stats: Arc<Stats>,
+    ) -> Arc<Self> {
         let vhost = Arc::new_cyclic(|me| Self {
             name,
             me: me.clone(),
@@ -96,6 +107,7 @@ impl VHost {
             queues: RwLock::new(HashMap::new()),
             routes: RwLock::new(Arc::new(Routes::new())),
             journal,
+            stats,
         });
         {
             let mut meta = vhost.meta();
@@ -433,7 +445,7 @@ impl VHost {
             log: self.journal.clone(),
         });
         let name = spec.name.clone();
-        let queue = Queue::create(spec, args, uid, log);
+        let queue = Queue::create_with_stats(spec, args, uid, log, self.stats.clone());
         self.queues_write().insert(name.clone(), queue.clone());
         if let Some(me) = self.me.upgrade()
             && tokio::runtime::Handle::try_current().is_ok()
