@@ -6,9 +6,11 @@
 //!  amqp/       AMQP 0-9-1 adapter (amq-protocol frames <-> core calls)
 //!  stomp/      STOMP 1.0-1.2
 //!  core/       vhosts: exchanges, queues, bindings, consumers; no wire types
+//!  admin/      management API, /metrics, web console, `ferrymq ctl`
 //!  bench       a pipelined load generator for any AMQP broker
 //! ```
 
+pub mod admin;
 pub mod amqp;
 pub mod bench;
 pub mod config;
