@@ -122,6 +122,9 @@ pub struct Config {
     pub vhosts: Vec<String>,
     /// Users; guest/guest (loopback only) when none are configured.
     pub users: Vec<UserConfig>,
+    /// Queues with their own series on /metrics, deepest first
+    /// (/metrics/per-object has every queue).
+    pub metrics_queue_cap: usize,
 }
 
 impl Default for Config {
@@ -145,6 +148,7 @@ impl Default for Config {
             memory_limit_bytes: 0,
             vhosts: vec!["/".into()],
             users: Vec::new(),
+            metrics_queue_cap: crate::admin::metrics::DEFAULT_QUEUE_CAP,
         }
     }
 }
