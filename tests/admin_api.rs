@@ -615,29 +615,33 @@ async fn vhosts_users_and_permissions_govern_amqp_access() {
         .expect_err("configure refused outside ^app\\.");
     assert!(err.to_string().contains("ACCESS_REFUSED"), "{err}");
     let ch = conn.create_channel().await.expect("a fresh channel");
-    let err = ch
+    // The default exchange is `amq.default` to permissions, outside ^app\.
+    let sent = ch
         .basic_publish(
-            "amq.fanout".into(),
             "".into(),
+            "app.inbox".into(),
             BasicPublishOptions::default(),
             b"x",
             BasicProperties::default(),
         )
         .await
         .expect("publish is sent");
-    drop(err);
-    let err = ch
-        .queue_declare(
-            "app.inbox".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect_err("the refused publish closed the channel");
-    assert!(err.to_string().contains("ACCESS_REFUSED"), "{err}");
+    drop(sent);
+    ch.queue_declare(
+        "app.inbox".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect_err("the refused publish closed the channel");
+    let inbox = get_json(&api, "/api/queues/apps/app.inbox").await;
+    assert_eq!(
+        inbox["messages_ready"], 0,
+        "the refused message was not routed"
+    );
 
     assert_eq!(
         send(&api, "DELETE", "/api/permissions/apps/app", None)
