@@ -166,6 +166,7 @@ impl Server {
         let vhosts: Vec<&str> = config.vhosts.iter().map(String::as_str).collect();
         let (metrics, stats) = Metrics::new(config.metrics_queue_cap);
         let metrics = Arc::new(metrics);
+        journal.time_commits(stats.journal_commit.clone());
         let broker = Broker::with_stats(
             &vhosts,
             Users::new(config.effective_users()),

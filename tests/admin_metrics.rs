@@ -62,6 +62,29 @@ async fn metrics_count_amqp_traffic_and_show_queue_depths() {
             within("confirm", c).await.expect("confirmed");
         }
     }
+    // A persistent message in a durable queue is confirmed only once the
+    // journal's group commit holding it is on disk, and timed.
+    ch.queue_declare(
+        "kept".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("durable queue");
+    let c = ch
+        .basic_publish(
+            "".into(),
+            "kept".into(),
+            BasicPublishOptions::default(),
+            b"kept",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish");
+    within("durable confirm", c).await.expect("confirmed");
     let mut consumer = ch
         .basic_consume(
             "shallow".into(),
@@ -97,9 +120,9 @@ async fn metrics_count_amqp_traffic_and_show_queue_depths() {
     assert_eq!(amqp("ferrymq_connections"), Some(1.0));
     assert_eq!(amqp("ferrymq_channels"), Some(1.0));
     assert_eq!(amqp("ferrymq_consumers"), Some(1.0));
-    assert_eq!(amqp("ferrymq_messages_published_total"), Some(8.0));
+    assert_eq!(amqp("ferrymq_messages_published_total"), Some(9.0));
     assert_eq!(amqp("ferrymq_messages_unroutable_total"), Some(1.0));
-    assert_eq!(amqp("ferrymq_messages_confirmed_total"), Some(8.0));
+    assert_eq!(amqp("ferrymq_messages_confirmed_total"), Some(9.0));
     assert_eq!(amqp("ferrymq_messages_delivered_total"), Some(2.0));
     assert_eq!(amqp("ferrymq_messages_acknowledged_total"), Some(1.0));
     assert_eq!(
@@ -136,9 +159,10 @@ async fn metrics_count_amqp_traffic_and_show_queue_depths() {
     );
     assert_eq!(
         sample(&text, "ferrymq_messages_ready{vhost=\"/\"}"),
-        Some(5.0)
+        Some(6.0)
     );
-    assert_eq!(sample(&text, "ferrymq_queues{vhost=\"/\"}"), Some(2.0));
+    assert_eq!(sample(&text, "ferrymq_queues{vhost=\"/\"}"), Some(3.0));
+    assert!(sample(&text, "ferrymq_journal_commit_seconds_count").is_some_and(|n| n >= 1.0));
     assert!(sample(&text, "ferrymq_confirm_latency_seconds_count").is_some_and(|n| n >= 1.0));
     assert!(sample(&text, "ferrymq_process_resident_memory_bytes").is_some_and(|n| n > 0.0));
     assert!(sample(&text, "ferrymq_process_open_fds").is_some_and(|n| n > 0.0));

@@ -58,6 +58,8 @@ pub const MESSAGES_EXPIRED: &str = "ferrymq_messages_expired_total";
 /// Seconds from routing the first publish of a confirm batch to writing
 /// its confirm.
 pub const CONFIRM_LATENCY: &str = "ferrymq_confirm_latency_seconds";
+/// Seconds to write and fdatasync one group commit of the journal.
+pub const JOURNAL_COMMIT: &str = "ferrymq_journal_commit_seconds";
 /// 1 while the memory alarm blocks publishers.
 pub const MEMORY_ALARM: &str = "ferrymq_memory_alarm";
 /// 1 while the disk alarm blocks publishers.
@@ -98,7 +100,7 @@ const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 /// Help text for every metric the exporter holds.
-const DESCRIPTIONS: [(&str, &str); 20] = [
+const DESCRIPTIONS: [(&str, &str); 21] = [
     (CONNECTIONS, "Open client connections."),
     (
         CHANNELS,
@@ -142,6 +144,10 @@ const DESCRIPTIONS: [(&str, &str); 20] = [
     (
         CONFIRM_LATENCY,
         "Seconds from routing the first publish of a confirm batch to writing its confirm.",
+    ),
+    (
+        JOURNAL_COMMIT,
+        "Seconds to write and fdatasync one group commit of the journal.",
     ),
     (MEMORY_ALARM, "1 while the memory alarm blocks publishers."),
     (DISK_ALARM, "1 while the disk alarm blocks publishers."),
@@ -206,6 +212,9 @@ impl Metrics {
     pub fn new(queue_cap: usize) -> (Self, Stats) {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(CONFIRM_LATENCY.into()), &LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(JOURNAL_COMMIT.into()), &LATENCY_BUCKETS)
+            })
             .expect("latency buckets are not empty")
             .build_recorder();
         let meta = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
@@ -252,6 +261,7 @@ impl Metrics {
             .collect();
         gauge(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
         let confirm_latency = recorder.register_histogram(&key(CONFIRM_LATENCY, &[]), &meta);
+        let journal_commit = recorder.register_histogram(&key(JOURNAL_COMMIT, &[]), &meta);
         let metrics = Self {
             handle: recorder.handle(),
             protocols,
@@ -264,7 +274,7 @@ impl Metrics {
             max_fds: gauge(PROCESS_MAX_FDS, &[]),
             queue_cap,
         };
-        (metrics, Stats::new(confirm_latency))
+        (metrics, Stats::new(confirm_latency, journal_commit))
     }
 
     /// Drains histogram samples; call every few seconds so they do not

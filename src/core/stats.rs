@@ -58,22 +58,25 @@ pub struct Stats {
     /// Seconds from routing the first publish of a confirm batch to
     /// writing the batch's confirm.
     pub confirm_latency: metrics::Histogram,
+    /// Seconds to write and fdatasync one group commit of the journal.
+    pub journal_commit: metrics::Histogram,
 }
 
 impl Default for Stats {
     fn default() -> Self {
-        Self::new(metrics::Histogram::noop())
+        Self::new(metrics::Histogram::noop(), metrics::Histogram::noop())
     }
 }
 
 impl Stats {
-    /// Counters starting at zero, with latencies going to `confirm_latency`.
-    pub fn new(confirm_latency: metrics::Histogram) -> Self {
+    /// Counters starting at zero, with latencies going to the histograms.
+    pub fn new(confirm_latency: metrics::Histogram, journal_commit: metrics::Histogram) -> Self {
         Self {
             protocols: Default::default(),
             expired: Count::default(),
             dead_lettered: Default::default(),
             confirm_latency,
+            journal_commit,
         }
     }
 
