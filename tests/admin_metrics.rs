@@ -279,3 +279,24 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+#[tokio::test]
+async fn a_raised_disk_alarm_shows_in_metrics_overview_and_health_check() {
+    let server = start().await;
+    let mut alarms = server.broker.alarms.watch();
+    server
+        .resource_limits
+        .disk_free
+        .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+    within("the disk alarm", alarms.wait_for(|a| a.disk))
+        .await
+        .expect("alarm raised");
+    let text = scrape(&server, "/metrics").await;
+    assert_eq!(sample(&text, "ferrymq_disk_alarm"), Some(1.0));
+    let api = admin_common::admin(&server);
+    let o = admin_common::get_json(&api, "/api/overview").await;
+    assert_eq!(o["alarms"]["disk"], true);
+    let r = send(&api, "GET", "/api/health/checks/alarms", None).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["status"], "failed");
+}

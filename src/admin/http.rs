@@ -394,6 +394,7 @@ async fn overview(State(s): State<AdminState>, _c: Caller) -> ApiResult {
         }
     }
     let channels: usize = connections.iter().map(|c| c.lanes.len()).sum();
+    let alarms = b.alarms.current();
     let process = super::metrics::read_process();
     let listeners: Vec<Json> = s
         .listeners
@@ -422,7 +423,7 @@ async fn overview(State(s): State<AdminState>, _c: Caller) -> ApiResult {
         },
         "message_stats": stats_json(&totals, Some(&rates)),
         "protocols": protocols,
-        "alarms": {"memory": false, "disk": false},
+        "alarms": {"memory": alarms.memory, "disk": alarms.disk},
         "process": {
             "resident_memory_bytes": process.resident_bytes,
             "open_fds": process.open_fds,
@@ -436,7 +437,16 @@ async fn whoami(c: Caller) -> ApiResult {
     ok(json!({"name": c.user.name, "tags": c.user.tags}))
 }
 
-async fn health(_c: Caller) -> ApiResult {
+/// RabbitMQ's alarms health check: 200 without alarms, 503 with any.
+async fn health(State(s): State<AdminState>, _c: Caller) -> ApiResult {
+    let alarms = s.broker.alarms.current();
+    if alarms.any() {
+        return Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "failed", "reason": alarms.reason()})),
+        )
+            .into_response());
+    }
     ok(json!({"status": "ok"}))
 }
 

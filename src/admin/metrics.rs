@@ -307,9 +307,9 @@ impl Metrics {
             counter.absolute(stats.dead_lettered(*reason).get());
         }
         self.expired.absolute(stats.expired.get());
-        // No memory or disk thresholds are enforced yet, so never in alarm.
-        self.memory_alarm.set(0.0);
-        self.disk_alarm.set(0.0);
+        let alarms = broker.alarms.current();
+        self.memory_alarm.set(f64::from(u8::from(alarms.memory)));
+        self.disk_alarm.set(f64::from(u8::from(alarms.disk)));
         let process = read_process();
         self.resident_memory.set(process.resident_bytes as f64);
         self.open_fds.set(process.open_fds as f64);
