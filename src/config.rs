@@ -128,6 +128,9 @@ pub struct Config {
     pub mqtt_default_user: String,
     /// Its password.
     pub mqtt_default_pass: String,
+    /// Queues with their own series on /metrics, deepest first
+    /// (/metrics/per-object has every queue).
+    pub metrics_queue_cap: usize,
 }
 
 impl Default for Config {
@@ -154,6 +157,7 @@ impl Default for Config {
             mqtt_allow_anonymous: true,
             mqtt_default_user: "guest".into(),
             mqtt_default_pass: "guest".into(),
+            metrics_queue_cap: crate::admin::metrics::DEFAULT_QUEUE_CAP,
         }
     }
 }

@@ -7,9 +7,11 @@
 //!  mqtt/       MQTT 3.1 / 3.1.1 / 5.0 adapter (rmqtt-codec packets <-> core calls)
 //!  stomp/      STOMP 1.0-1.2
 //!  core/       vhosts: exchanges, queues, bindings, consumers; no wire types
+//!  admin/      management API, /metrics, web console, `ferrymq ctl`
 //!  bench       a pipelined load generator for any AMQP broker
 //! ```
 
+pub mod admin;
 pub mod amqp;
 pub mod bench;
 pub mod config;

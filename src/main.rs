@@ -26,6 +26,8 @@ enum Command {
     Serve(ServeArgs),
     /// Measure an AMQP broker's throughput and latency.
     Bench(ferrymq::bench::BenchArgs),
+    /// Inspect and manage a running broker over its management API.
+    Ctl(ferrymq::admin::ctl::CtlArgs),
 }
 
 #[derive(clap::Args)]
@@ -113,6 +115,16 @@ fn main() -> ExitCode {
             };
             runtime.block_on(serve(config))
         }
+        Command::Ctl(args) => match runtime.block_on(ferrymq::admin::ctl::run(args)) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ferrymq ctl: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench(args) => match runtime.block_on(ferrymq::bench::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -8,6 +8,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::http::AdminState;
+use crate::admin::metrics::Metrics;
 use crate::config::{Config, Listen, resolve};
 use crate::core::{Broker, Limits, Users};
 use crate::store::{Journal, JournalConfig, recovery};
@@ -47,6 +49,8 @@ pub struct Server {
     pub amqp: Option<SocketAddr>,
     /// Where MQTT listens, if it does.
     pub mqtt: Option<SocketAddr>,
+    /// Where the management API, console and /metrics listen, if they do.
+    pub http: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     /// Held for the server's life: the data directory is ours.
@@ -162,13 +166,17 @@ impl Server {
         )
         .map_err(|e| data_err(e.to_string()))?;
         let vhosts: Vec<&str> = config.vhosts.iter().map(String::as_str).collect();
-        let broker = Broker::new(
+        let (metrics, stats) = Metrics::new(config.metrics_queue_cap);
+        let metrics = Arc::new(metrics);
+        journal.time_commits(stats.journal_commit.clone());
+        let broker = Broker::with_stats(
             &vhosts,
             Users::new(config.effective_users()),
             Limits {
                 max_message_bytes: config.max_message_bytes,
             },
             Arc::new(journal),
+            stats,
         );
         let restored = recovery::restore(&broker, &mut recovered);
         if restored > 0 {
@@ -210,11 +218,30 @@ impl Server {
                 tracker.clone(),
             ));
         }
+        let http = bind("HTTP", &config.http).await?;
+        let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+        let listening: Vec<(String, SocketAddr)> = [
+            ("amqp", amqp_addr),
+            ("mqtt", mqtt_addr),
+            ("http", http_addr),
+        ]
+        .iter()
+        .filter_map(|(name, addr)| addr.map(|a| ((*name).to_owned(), a)))
+        .collect();
+        if let Some(listener) = http {
+            let state = AdminState::new(broker.clone(), metrics.clone(), listening);
+            tracker.spawn(crate::admin::http::serve(listener, state, shutdown.clone()));
+            tracker.spawn(metrics_upkeep(metrics, shutdown.clone()));
+        }
         // Scripts wait for this line and read the bound addresses from it.
-        let bound: Vec<String> = [("amqp", amqp_addr), ("mqtt", mqtt_addr)]
-            .iter()
-            .filter_map(|(name, addr)| addr.map(|a| format!("{name}={a}")))
-            .collect();
+        let bound: Vec<String> = [
+            ("amqp", amqp_addr),
+            ("mqtt", mqtt_addr),
+            ("http", http_addr),
+        ]
+        .iter()
+        .filter_map(|(name, addr)| addr.map(|a| format!("{name}={a}")))
+        .collect();
         tracing::info!(
             "ferrymq {} ready {}",
             env!("CARGO_PKG_VERSION"),
@@ -224,6 +251,7 @@ impl Server {
             broker,
             amqp: amqp_addr,
             mqtt: mqtt_addr,
+            http: http_addr,
             shutdown,
             tracker,
             _lock: lock,
@@ -244,6 +272,19 @@ impl Server {
         }
         let broker = self.broker.clone();
         let _ = tokio::task::spawn_blocking(move || broker.close_journal()).await;
+    }
+}
+
+/// How often histogram samples are drained when nobody scrapes.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+async fn metrics_upkeep(metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(METRICS_UPKEEP);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => metrics.run_upkeep(),
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 

@@ -16,8 +16,8 @@ use crate::core::change::LogPosition;
 use crate::core::exchange::{BindingSpec, Destination, ExchangeKind, ExchangeSpec};
 use crate::core::queue::{ConsumerSpec, Queue, QueueSpec, SharedCredit};
 use crate::core::{
-    ConsumerId, ConsumerTag, CoreError, Delivery, DeliveryId, ExchangeName, Message, Properties,
-    QueueName, RoutingKey, Settle, VHost,
+    Access, ConsumerId, ConsumerTag, CoreError, Delivery, DeliveryId, ExchangeName, LaneInfo,
+    Message, Properties, Protocol, QueueName, RoutingKey, Settle, VHost,
 };
 
 /// The pseudo-queue RPC clients consume from for direct reply-to.
@@ -40,6 +40,8 @@ struct Confirm {
     /// The journal position that must be durable first.
     at: Option<LogPosition>,
     nack: bool,
+    /// When it was routed, for the confirm latency histogram.
+    routed: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -173,15 +175,17 @@ impl Channel {
 
     /// Sends, in publish order, every confirm whose message is durable up
     /// to `durable`: runs of acks as one basic.ack with `multiple`, nacks
-    /// one by one.
+    /// one by one. Returns how many acks went out and when the oldest
+    /// confirm sent was routed.
     pub fn flush_confirms(
         &mut self,
         ch: u16,
         durable: LogPosition,
         writer: &mut FrameWriter,
         out: &mut BytesMut,
-    ) {
+    ) -> (u64, Option<std::time::Instant>) {
         let mut ack_up_to = None;
+        let (mut acks, mut oldest) = (0, None);
         while let Some(c) = self.confirms.front() {
             if c.at.is_some_and(|p| p > durable) {
                 break;
@@ -190,6 +194,7 @@ impl Channel {
                 .confirms
                 .pop_front()
                 .expect("front exists: just peeked");
+            oldest.get_or_insert(c.routed);
             if c.nack {
                 if let Some(up) = ack_up_to.take() {
                     self.send_ack(ch, up, writer, out);
@@ -205,12 +210,14 @@ impl Channel {
                 );
                 self.confirm_sent = c.seq;
             } else {
+                acks += 1;
                 ack_up_to = Some(c.seq);
             }
         }
         if let Some(up) = ack_up_to {
             self.send_ack(ch, up, writer, out);
         }
+        (acks, oldest)
     }
 
     fn send_ack(&mut self, ch: u16, up: u64, writer: &mut FrameWriter, out: &mut BytesMut) {
@@ -420,11 +427,12 @@ impl Session {
                 );
                 let frame_max = self.frame_max;
                 for d in held {
-                    let (consumer, queue, id) = (d.consumer, d.queue.clone(), d.id);
+                    let (consumer, queue, id, redelivered) =
+                        (d.consumer, d.queue.clone(), d.id, d.redelivered);
                     let c = self.channels.get_mut(&ch).expect("still open");
                     if let Some(no_ack) = c.write_delivery(ch, d, &mut self.writer, frame_max, out)
                     {
-                        self.count_sent(consumer, &queue, no_ack.then_some(id));
+                        self.count_sent(consumer, &queue, no_ack.then_some(id), redelivered);
                     }
                 }
                 Ok(())
@@ -452,6 +460,9 @@ impl Session {
                     internal: d.internal,
                     arguments: headers_from_table(&d.arguments),
                 };
+                if !d.passive {
+                    self.authorize(Access::Configure, "exchange", d.exchange.as_str())?;
+                }
                 if d.passive {
                     if vhost.exchange(d.exchange.as_str()).is_none() {
                         return Err(reply(&crate::core::CoreError::NotFound(format!(
@@ -474,6 +485,7 @@ impl Session {
                 }
             }
             exchange::AMQPMethod::Delete(d) => {
+                self.authorize(Access::Configure, "exchange", d.exchange.as_str())?;
                 vhost
                     .delete_exchange(d.exchange.as_str(), d.if_unused)
                     .map_err(core)?;
@@ -486,6 +498,8 @@ impl Session {
                 }
             }
             exchange::AMQPMethod::Bind(b) => {
+                self.authorize(Access::Write, "exchange", b.destination.as_str())?;
+                self.authorize(Access::Read, "exchange", b.source.as_str())?;
                 let spec = BindingSpec {
                     source: b.source.as_str().into(),
                     destination: Destination::Exchange(b.destination.as_str().into()),
@@ -502,6 +516,8 @@ impl Session {
                 }
             }
             exchange::AMQPMethod::Unbind(b) => {
+                self.authorize(Access::Write, "exchange", b.destination.as_str())?;
+                self.authorize(Access::Read, "exchange", b.source.as_str())?;
                 let spec = BindingSpec {
                     source: b.source.as_str().into(),
                     destination: Destination::Exchange(b.destination.as_str().into()),
@@ -551,6 +567,14 @@ impl Session {
                         consumers: 0,
                     }
                 } else {
+                    if !d.passive {
+                        // A server-named queue is checked as RabbitMQ names it.
+                        let name = match d.queue.as_str() {
+                            "" => "amq.gen-",
+                            n => n,
+                        };
+                        self.authorize(Access::Configure, "queue", name)?;
+                    }
                     let spec = QueueSpec {
                         name: d.queue.as_str().into(),
                         durable: d.durable,
@@ -575,6 +599,8 @@ impl Session {
             }
             queue::AMQPMethod::Bind(b) => {
                 let q = self.queue_name(ch, b.queue.as_str())?;
+                self.authorize(Access::Write, "queue", q.as_str())?;
+                self.authorize(Access::Read, "exchange", b.exchange.as_str())?;
                 let spec = BindingSpec {
                     source: b.exchange.as_str().into(),
                     destination: Destination::Queue(q),
@@ -592,6 +618,8 @@ impl Session {
             }
             queue::AMQPMethod::Unbind(b) => {
                 let q = self.queue_name(ch, b.queue.as_str())?;
+                self.authorize(Access::Write, "queue", q.as_str())?;
+                self.authorize(Access::Read, "exchange", b.exchange.as_str())?;
                 let spec = BindingSpec {
                     source: b.exchange.as_str().into(),
                     destination: Destination::Queue(q),
@@ -607,6 +635,7 @@ impl Session {
             }
             queue::AMQPMethod::Purge(p) => {
                 let q = self.queue_name(ch, p.queue.as_str())?;
+                self.authorize(Access::Read, "queue", q.as_str())?;
                 let n = vhost.purge_queue(q.as_str(), conn).map_err(core)?;
                 if !p.nowait {
                     self.ok(
@@ -620,6 +649,7 @@ impl Session {
             }
             queue::AMQPMethod::Delete(d) => {
                 let q = self.queue_name(ch, d.queue.as_str())?;
+                self.authorize(Access::Configure, "queue", q.as_str())?;
                 let n = vhost
                     .delete_queue(q.as_str(), d.if_unused, d.if_empty, conn)
                     .map_err(core)?;
@@ -652,6 +682,7 @@ impl Session {
                         "NOT_IMPLEMENTED - immediate=true",
                     ));
                 }
+                self.authorize(Access::Write, "exchange", p.exchange.as_str())?;
                 self.hold_if_alarmed();
                 self.chan(ch).publish = Some(Pending {
                     exchange: p.exchange.as_str().into(),
@@ -793,7 +824,9 @@ impl Session {
             self.chan(ch).reply_queue = Some(q);
             name
         } else {
-            self.queue_name(ch, c.queue.as_str())?
+            let name = self.queue_name(ch, c.queue.as_str())?;
+            self.authorize(Access::Read, "queue", name.as_str())?;
+            name
         };
         let id = ConsumerId(crate::core::next_id());
         let owner = self.conn_id;
@@ -852,6 +885,7 @@ impl Session {
     fn on_get(&mut self, ch: u16, g: basic::Get, out: &mut BytesMut) -> Result<(), Reply> {
         let vhost = self.vhost();
         let name = self.queue_name(ch, g.queue.as_str())?;
+        self.authorize(Access::Read, "queue", name.as_str())?;
         let queue = vhost.existing_queue(name.as_str()).map_err(|e| reply(&e))?;
         if let Some(owner) = queue.spec().exclusive
             && owner != self.conn_id
@@ -870,6 +904,11 @@ impl Session {
             );
             return Ok(());
         };
+        let stats = self.stats.protocol(Protocol::Amqp);
+        stats.delivered.inc();
+        if got.redelivered {
+            stats.redelivered.inc();
+        }
         let c = self.chan(ch);
         let delivery_tag = c.next_tag;
         c.next_tag += 1;
@@ -924,6 +963,12 @@ impl Session {
         } else {
             c.unacked.remove(&tag).into_iter().collect()
         };
+        let stats = self.stats.protocol(Protocol::Amqp);
+        match how {
+            Settle::Ack => stats.acknowledged.add(taken.len() as u64),
+            Settle::Requeue | Settle::Discard => stats.rejected.add(taken.len() as u64),
+        }
+        let c = self.chan(ch);
         let global = c.shared.limit.load(std::sync::atomic::Ordering::Relaxed) > 0;
         let others: Vec<Arc<Queue>> = if global {
             c.consumers.values().map(|s| s.queue.clone()).collect()
@@ -1204,6 +1249,14 @@ impl Session {
     ) -> Result<(), Reply> {
         let vhost = self.vhost();
         let outcome = vhost.publish(message.clone()).map_err(|e| reply(&e))?;
+        let amqp = self.stats.protocol(Protocol::Amqp);
+        amqp.published.inc();
+        if outcome.queues == 0 && !outcome.rejected {
+            amqp.unroutable.inc();
+            if mandatory {
+                amqp.returned.inc();
+            }
+        }
         if mandatory && outcome.queues == 0 && !outcome.rejected {
             self.ok(
                 out,
@@ -1227,9 +1280,28 @@ impl Session {
                 seq: c.publish_seq,
                 at: outcome.durable_at,
                 nack: outcome.rejected,
+                routed: std::time::Instant::now(),
             });
         }
         Ok(())
+    }
+
+    /// Shows a channel's current state in the connection registry, or
+    /// removes it once the channel is gone or closing.
+    pub(super) fn sync_lane(&self, ch: u16) {
+        let Some(registration) = &self.registration else {
+            return;
+        };
+        match self.channels.get(&ch).filter(|c| !c.closing) {
+            Some(c) => registration.set_lane(LaneInfo {
+                number: ch.into(),
+                consumers: c.consumers.len() as u32,
+                prefetch: c.prefetch,
+                confirm: c.confirm,
+                transactional: c.tx.is_some(),
+            }),
+            None => registration.remove_lane(ch.into()),
+        }
     }
 
     /// Cancels a channel's consumers and requeues what it held. The

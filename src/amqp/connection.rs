@@ -85,7 +85,10 @@ where
             r = wr.write_buf(&mut writing), if !writing.is_empty() => {
                 match r {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => last_write = Instant::now(),
+                    Ok(n) => {
+                        session.sent(n);
+                        last_write = Instant::now();
+                    }
                 }
             }
             r = rd.read_buf(&mut rbuf), if can_read => {
@@ -94,7 +97,7 @@ where
                         eof = true;
                         continue;
                     }
-                    Ok(_) => {}
+                    Ok(n) => session.received(n),
                 }
                 last_read = Instant::now();
                 if !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer) {

@@ -17,7 +17,8 @@ use crate::core::alarm::Alarms;
 use crate::core::change::LogPosition;
 use crate::core::queue::Queue;
 use crate::core::{
-    Broker, ConnectionId, ConsumerId, DeliveryId, Event, EventSink, Settle, User, Users, VHost,
+    Access, Broker, ConnectionId, ConnectionInfo, ConsumerId, DeliveryId, Event, EventSink,
+    ExchangeName, Protocol, Registration, Settle, Stats, User, VHost,
 };
 
 /// The largest frame this server accepts or sends, and offers in tune.
@@ -87,13 +88,22 @@ pub struct Session {
     client_closed: bool,
     /// The highest journal position known durable.
     durable: LogPosition,
+    /// The broker's counters for AMQP.
+    pub(super) stats: Arc<Stats>,
+    /// This connection's entry in the broker's connection registry, from
+    /// connection.open-ok until the connection is released.
+    pub(super) registration: Option<Registration>,
+    client_name: Option<String>,
+    client_product: Option<String>,
+    /// Exchanges this user may publish to, valid while the user table's
+    /// generation is unchanged.
+    write_allowed: (u64, HashMap<ExchangeName, bool>),
 }
 
 impl Session {
     /// A session for a freshly accepted socket.
     pub fn new(broker: Arc<Broker>, peer: SocketAddr, events: EventSink) -> Self {
         Self {
-            broker,
             peer,
             conn_id: ConnectionId(crate::core::next_id()),
             stage: Stage::AwaitHeader,
@@ -113,6 +123,12 @@ impl Session {
             alarms: Alarms::default(),
             held: false,
             client_closed: false,
+            stats: broker.stats.clone(),
+            registration: None,
+            client_name: None,
+            client_product: None,
+            write_allowed: (0, HashMap::new()),
+            broker,
         }
     }
 
@@ -147,9 +163,73 @@ impl Session {
 
     /// Handles one inbound frame.
     pub fn on_frame(&mut self, frame: Inbound, out: &mut BytesMut) {
+        let lane = match &frame {
+            Inbound::Method(ch, m) if *ch != 0 && changes_lane(m) => Some(*ch),
+            _ => None,
+        };
         if let Err(reply) = self.dispatch(frame, out) {
             self.fail(reply, out);
         }
+        if let Some(ch) = lane {
+            self.sync_lane(ch);
+        }
+    }
+
+    /// Counts bytes read from the client.
+    pub fn received(&self, n: usize) {
+        if let Some(r) = &self.registration {
+            r.received(n);
+        }
+    }
+
+    /// Counts bytes written to the client.
+    pub fn sent(&self, n: usize) {
+        if let Some(r) = &self.registration {
+            r.sent(n);
+        }
+    }
+
+    /// Refuses with ACCESS_REFUSED unless the user may do `access` to the
+    /// named resource in this vhost.
+    pub(super) fn authorize(
+        &mut self,
+        access: Access,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), Reply> {
+        let (Some(user), Some(vhost)) = (&self.user, &self.vhost) else {
+            return Ok(());
+        };
+        let users = &self.broker.users;
+        let allowed = if access == Access::Write && kind == "exchange" {
+            let generation = users.generation();
+            if self.write_allowed.0 != generation {
+                self.write_allowed = (generation, HashMap::new());
+            }
+            match self.write_allowed.1.get(name) {
+                Some(allowed) => *allowed,
+                None => {
+                    let allowed = users.allows(&user.name, vhost.name().as_str(), access, name);
+                    self.write_allowed.1.insert(name.into(), allowed);
+                    allowed
+                }
+            }
+        } else {
+            users.allows(&user.name, vhost.name().as_str(), access, name)
+        };
+        if allowed {
+            return Ok(());
+        }
+        let shown = if name.is_empty() { "amq.default" } else { name };
+        Err(Reply::channel(
+            ACCESS_REFUSED,
+            format!(
+                "ACCESS_REFUSED - {} access to {kind} '{shown}' in vhost '{}' refused for user '{}'",
+                access.as_str(),
+                vhost.name(),
+                user.name
+            ),
+        ))
     }
 
     /// Reports a codec error: the stream cannot be trusted any further.
@@ -235,6 +315,7 @@ impl Session {
             self.close_channel_locally(ch);
         }
         self.channels.clear();
+        self.registration = None;
         if let Some(vhost) = &self.vhost {
             vhost.connection_closed(self.conn_id);
         }
@@ -348,6 +429,15 @@ impl Session {
     }
 
     fn on_start_ok(&mut self, m: connection::StartOk, out: &mut BytesMut) -> Result<(), Reply> {
+        let text = |key: &str| match m.client_properties.inner().get(key) {
+            Some(AMQPValue::LongString(s)) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
+            _ => None,
+        };
+        self.client_name = text("connection_name");
+        self.client_product = text("product");
         if let Some(AMQPValue::FieldTable(caps)) = m.client_properties.inner().get("capabilities") {
             let on = |k: &str| matches!(caps.inner().get(k), Some(AMQPValue::Boolean(true)));
             self.caps.consumer_cancel_notify = on("consumer_cancel_notify");
@@ -421,8 +511,23 @@ impl Session {
         let vhost = self.broker.vhost(name).ok_or_else(|| {
             Reply::connection(NOT_ALLOWED, format!("NOT_ALLOWED - vhost {name} not found"))
         })?;
-        Users::check_vhost(user, name)
+        self.broker
+            .users
+            .check_access(&user.name, name)
             .map_err(|e| Reply::connection(NOT_ALLOWED, format!("NOT_ALLOWED - {e}")))?;
+        self.registration = Some(self.broker.connections.register(
+            ConnectionInfo {
+                id: self.conn_id,
+                protocol: Protocol::Amqp,
+                peer: self.peer,
+                user: user.name.clone(),
+                vhost: vhost.name().clone(),
+                client_name: self.client_name.take(),
+                client_product: self.client_product.take(),
+                connected_at_ms: crate::core::connections::now_ms(),
+            },
+            self.events.clone(),
+        ));
         self.vhost = Some(vhost);
         self.writer.method(
             out,
@@ -514,6 +619,7 @@ impl Session {
                         })),
                     );
                 }
+                self.sync_lane(ch);
             }
             Event::CloseConnection(reason) => self.close_connection(
                 CONNECTION_FORCED,
@@ -536,9 +642,9 @@ impl Session {
             }
             return;
         };
-        let (consumer, queue, id) = (d.consumer, d.queue.clone(), d.id);
+        let (consumer, queue, id, redelivered) = (d.consumer, d.queue.clone(), d.id, d.redelivered);
         if let Some(no_ack) = channel.write_delivery(ch, d, &mut self.writer, self.frame_max, out) {
-            self.count_sent(consumer, &queue, no_ack.then_some(id));
+            self.count_sent(consumer, &queue, no_ack.then_some(id), redelivered);
         }
     }
 
@@ -549,7 +655,13 @@ impl Session {
         consumer: ConsumerId,
         queue: &Arc<Queue>,
         settled: Option<DeliveryId>,
+        redelivered: bool,
     ) {
+        let stats = self.stats.protocol(Protocol::Amqp);
+        stats.delivered.inc();
+        if redelivered {
+            stats.redelivered.inc();
+        }
         let entry = self.sent.entry(consumer).or_insert_with(|| Sent {
             queue: queue.clone(),
             n: 0,
@@ -578,7 +690,15 @@ impl Session {
     /// Emits the publisher confirms gathered while handling a batch of frames.
     pub fn flush_confirms(&mut self, out: &mut BytesMut) {
         for (ch, channel) in self.channels.iter_mut() {
-            channel.flush_confirms(*ch, self.durable, &mut self.writer, out);
+            let (acks, oldest) = channel.flush_confirms(*ch, self.durable, &mut self.writer, out);
+            if acks > 0 {
+                self.stats.protocol(Protocol::Amqp).confirmed.add(acks);
+            }
+            if let Some(since) = oldest {
+                self.stats
+                    .confirm_latency
+                    .record(since.elapsed().as_secs_f64());
+            }
         }
     }
 
@@ -650,6 +770,21 @@ pub(super) fn short(s: &str) -> ShortString {
         end -= 1;
     }
     ShortString::try_new(&s[..end]).unwrap_or_default()
+}
+
+/// Methods that change what the registry shows of a channel.
+fn changes_lane(m: &AMQPClass) -> bool {
+    matches!(
+        m,
+        AMQPClass::Channel(_)
+            | AMQPClass::Confirm(_)
+            | AMQPClass::Tx(_)
+            | AMQPClass::Basic(
+                basic::AMQPMethod::Consume(_)
+                    | basic::AMQPMethod::Cancel(_)
+                    | basic::AMQPMethod::Qos(_)
+            )
+    )
 }
 
 /// The (class, method) ids of a method, for close frames.

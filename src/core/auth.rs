@@ -1,8 +1,12 @@
-//! Users and who may log in from where. Protocol adapters call
-//! `authenticate` with whatever their handshake carried.
+//! Users, who may log in from where, and what each may do in each vhost.
+//! Protocol adapters call `authenticate` with whatever their handshake
+//! carried, `check_access` when a vhost is opened, and `allows` (or a
+//! cached `Permission`) before declaring, binding, publishing and consuming.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// A broker user.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,18 +42,145 @@ pub enum AuthError {
     },
 }
 
-/// The user table.
+/// What a permission grants: RabbitMQ's three kinds of access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Declare and delete queues and exchanges.
+    Configure,
+    /// Publish to an exchange; bind to a queue or exchange.
+    Write,
+    /// Consume from or purge a queue; bind from an exchange.
+    Read,
+}
+
+impl Access {
+    /// The word RabbitMQ uses in refusals.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Configure => "configure",
+            Access::Write => "write",
+            Access::Read => "read",
+        }
+    }
+}
+
+/// One user's permissions in one vhost: a regular expression per kind of
+/// access, matched against resource names as RabbitMQ does (unanchored;
+/// an empty pattern matches nothing; the default exchange is named
+/// `amq.default`).
+#[derive(Clone, Debug)]
+pub struct Permission {
+    /// Pattern for configure access.
+    pub configure: String,
+    /// Pattern for write access.
+    pub write: String,
+    /// Pattern for read access.
+    pub read: String,
+    compiled: [Option<regex::Regex>; 3],
+}
+
+impl PartialEq for Permission {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.configure, &self.write, &self.read) == (&other.configure, &other.write, &other.read)
+    }
+}
+
+impl Permission {
+    /// Compiles the three patterns.
+    pub fn new(configure: &str, write: &str, read: &str) -> Result<Self, String> {
+        let compile = |p: &str| -> Result<Option<regex::Regex>, String> {
+            if p.is_empty() {
+                return Ok(None);
+            }
+            regex::Regex::new(p)
+                .map(Some)
+                .map_err(|e| format!("invalid pattern '{p}': {e}"))
+        };
+        Ok(Self {
+            compiled: [compile(configure)?, compile(write)?, compile(read)?],
+            configure: configure.into(),
+            write: write.into(),
+            read: read.into(),
+        })
+    }
+
+    /// Everything: `.*` for all three.
+    pub fn full() -> Self {
+        Self::new(".*", ".*", ".*").expect("'.*' is a valid pattern")
+    }
+
+    /// Whether this grants `access` to the resource `name`.
+    pub fn allows(&self, access: Access, name: &str) -> bool {
+        let name = if name.is_empty() { "amq.default" } else { name };
+        self.compiled[access as usize]
+            .as_ref()
+            .is_some_and(|re| re.is_match(name))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    users: HashMap<String, User>,
+    /// (user, vhost) -> permission.
+    permissions: HashMap<(String, String), Arc<Permission>>,
+}
+
+/// The user table and permissions. Mutable at runtime (management API);
+/// the lock is held only to copy out or replace an entry, never across
+/// `.await`.
 #[derive(Debug, Default)]
 pub struct Users {
-    users: HashMap<String, User>,
+    table: RwLock<Table>,
+    generation: AtomicU64,
 }
 
 impl Users {
-    /// A table holding these users.
+    /// A table holding these users, with no permissions yet
+    /// (`grant_configured` gives them what their `vhosts` say).
     pub fn new(users: impl IntoIterator<Item = User>) -> Self {
         Self {
-            users: users.into_iter().map(|u| (u.name.clone(), u)).collect(),
+            table: RwLock::new(Table {
+                users: users.into_iter().map(|u| (u.name.clone(), u)).collect(),
+                permissions: HashMap::new(),
+            }),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.generation.fetch_add(1, Ordering::Release);
+        self.table.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Grants each configured user full permissions on the vhosts its
+    /// `vhosts` list names, or on all of `vhosts` when the list is empty.
+    pub fn grant_configured(&self, vhosts: &[&str]) {
+        let mut t = self.write();
+        let grants: Vec<(String, String)> = t
+            .users
+            .values()
+            .flat_map(|u| {
+                vhosts
+                    .iter()
+                    .filter(|v| u.vhosts.is_empty() || u.vhosts.iter().any(|w| w == *v))
+                    .map(|v| (u.name.clone(), (*v).to_owned()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let full = Arc::new(Permission::full());
+        for key in grants {
+            t.permissions.entry(key).or_insert_with(|| full.clone());
+        }
+    }
+
+    /// Changes whenever a user or permission changes, so callers can cache
+    /// permission checks and notice when to drop the cache.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Checks a user name and password from a peer address.
@@ -60,17 +191,19 @@ impl Users {
         peer: IpAddr,
     ) -> Result<User, AuthError> {
         let user = self
+            .read()
             .users
             .get(name)
             .filter(|u| u.password == password)
+            .cloned()
             .ok_or(AuthError::BadCredentials)?;
         if user.loopback_only && !is_loopback(peer) {
             return Err(AuthError::NotFromHere(name.into()));
         }
-        Ok(user.clone())
+        Ok(user)
     }
 
-    /// Checks the user may open a vhost.
+    /// Checks the user may open a vhost by its `vhosts` list alone.
     pub fn check_vhost(user: &User, vhost: &str) -> Result<(), AuthError> {
         if user.vhosts.is_empty() || user.vhosts.iter().any(|v| v == vhost) {
             Ok(())
@@ -80,6 +213,92 @@ impl Users {
                 vhost: vhost.into(),
             })
         }
+    }
+
+    /// Checks the user holds a permission in the vhost, as RabbitMQ
+    /// requires to open it.
+    pub fn check_access(&self, user: &str, vhost: &str) -> Result<(), AuthError> {
+        match self.permission(user, vhost) {
+            Some(_) => Ok(()),
+            None => Err(AuthError::VHostRefused {
+                user: user.into(),
+                vhost: vhost.into(),
+            }),
+        }
+    }
+
+    /// Whether `user` may do `access` to the resource `name` in `vhost`.
+    pub fn allows(&self, user: &str, vhost: &str, access: Access, name: &str) -> bool {
+        self.permission(user, vhost)
+            .is_some_and(|p| p.allows(access, name))
+    }
+
+    /// One user.
+    pub fn get(&self, name: &str) -> Option<User> {
+        self.read().users.get(name).cloned()
+    }
+
+    /// Every user, by name.
+    pub fn list(&self) -> Vec<User> {
+        let mut all: Vec<User> = self.read().users.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Adds or replaces a user; its permissions are kept.
+    pub fn put(&self, user: User) {
+        self.write().users.insert(user.name.clone(), user);
+    }
+
+    /// Removes a user and its permissions; false if there was none.
+    pub fn delete(&self, name: &str) -> bool {
+        let mut t = self.write();
+        t.permissions.retain(|(u, _), _| u != name);
+        t.users.remove(name).is_some()
+    }
+
+    /// A user's permission in a vhost.
+    pub fn permission(&self, user: &str, vhost: &str) -> Option<Arc<Permission>> {
+        self.read()
+            .permissions
+            .get(&(user.to_owned(), vhost.to_owned()))
+            .cloned()
+    }
+
+    /// Every permission as (user, vhost, permission), sorted.
+    pub fn permissions(&self) -> Vec<(String, String, Arc<Permission>)> {
+        let mut all: Vec<_> = self
+            .read()
+            .permissions
+            .iter()
+            .map(|((u, v), p)| (u.clone(), v.clone(), p.clone()))
+            .collect();
+        all.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        all
+    }
+
+    /// Sets a user's permission in a vhost; false if the user is unknown.
+    pub fn set_permission(&self, user: &str, vhost: &str, permission: Permission) -> bool {
+        let mut t = self.write();
+        if !t.users.contains_key(user) {
+            return false;
+        }
+        t.permissions
+            .insert((user.into(), vhost.into()), Arc::new(permission));
+        true
+    }
+
+    /// Removes a user's permission in a vhost; false if there was none.
+    pub fn clear_permission(&self, user: &str, vhost: &str) -> bool {
+        self.write()
+            .permissions
+            .remove(&(user.to_owned(), vhost.to_owned()))
+            .is_some()
+    }
+
+    /// Removes every permission in a vhost (the vhost is gone).
+    pub fn clear_vhost(&self, vhost: &str) {
+        self.write().permissions.retain(|(_, v), _| v != vhost);
     }
 }
 
@@ -127,5 +346,49 @@ mod tests {
             users.authenticate("guest", "nope", "127.0.0.1".parse().unwrap()),
             Err(AuthError::BadCredentials)
         );
+    }
+
+    #[test]
+    fn permissions_follow_rabbitmq_pattern_semantics() {
+        let p = Permission::new("^app\\.", "", ".*").expect("valid patterns");
+        assert!(p.allows(Access::Configure, "app.q"));
+        assert!(!p.allows(Access::Configure, "other"));
+        assert!(
+            !p.allows(Access::Write, "app.q"),
+            "empty pattern grants nothing"
+        );
+        assert!(
+            p.allows(Access::Read, ""),
+            "the default exchange has a name"
+        );
+        // unanchored, as in RabbitMQ
+        let q = Permission::new("q", "q", "q").expect("valid patterns");
+        assert!(q.allows(Access::Read, "xqx"));
+        assert!(Permission::new("(", "", "").is_err());
+    }
+
+    #[test]
+    fn configured_users_get_their_vhosts_and_changes_bump_the_generation() {
+        let users = guest();
+        users.put(User {
+            name: "app".into(),
+            password: "p".into(),
+            tags: vec![],
+            loopback_only: false,
+            vhosts: vec!["a".into()],
+        });
+        users.grant_configured(&["/", "a"]);
+        assert!(users.check_access("guest", "/").is_ok());
+        assert!(users.check_access("guest", "a").is_ok());
+        assert!(users.check_access("app", "a").is_ok());
+        assert!(users.check_access("app", "/").is_err());
+        let g = users.generation();
+        assert!(users.set_permission("app", "/", Permission::new("", "", "^q$").expect("valid")));
+        assert!(users.generation() > g);
+        assert!(users.allows("app", "/", Access::Read, "q"));
+        assert!(!users.allows("app", "/", Access::Write, "q"));
+        assert!(!users.set_permission("nobody", "/", Permission::full()));
+        assert!(users.delete("app"));
+        assert!(users.permission("app", "/").is_none());
     }
 }

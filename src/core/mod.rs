@@ -6,6 +6,7 @@ pub mod alarm;
 pub mod auth;
 pub mod binding_options;
 pub mod change;
+pub mod connections;
 pub mod delivery;
 pub mod error;
 pub mod exchange;
@@ -15,17 +16,20 @@ pub mod pattern;
 pub mod queue;
 pub mod retained;
 pub mod sessions;
+pub mod stats;
 pub mod vhost;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-pub use auth::{AuthError, User, Users};
+pub use auth::{Access, AuthError, Permission, User, Users};
 pub use change::{Change, ChangeLog, NoLog};
+pub use connections::{ConnectionInfo, Connections, LaneInfo, Protocol, Registration};
 pub use delivery::{Delivery, Event, EventSink, Settle};
 pub use error::{CoreError, CoreResult};
 pub use message::{Headers, Message, Properties, Value};
 pub use names::*;
+pub use stats::Stats;
 pub use vhost::{PublishOutcome, VHost};
 
 /// Limits every adapter enforces.
@@ -43,37 +47,57 @@ impl Default for Limits {
     }
 }
 
-/// The whole broker: vhosts and users.
+/// The whole broker: vhosts, users, who is connected, and counters.
 #[derive(Debug)]
 pub struct Broker {
     vhosts: RwLock<HashMap<VHostName, Arc<VHost>>>,
-    /// Who may log in.
+    /// Who may log in, and what each user may do.
     pub users: Users,
     /// Limits for adapters.
     pub limits: Limits,
+    /// Open client connections, of every protocol.
+    pub connections: Connections,
+    /// Message counters, bumped by adapters and queues.
+    pub stats: Arc<Stats>,
     journal: Arc<dyn ChangeLog>,
     /// Memory and disk alarms.
     pub alarms: alarm::AlarmState,
 }
 
 impl Broker {
-    /// A broker with the given vhosts and users.
+    /// A broker with the given vhosts and users; each user gets full
+    /// permissions on the vhosts its `vhosts` list allows.
     pub fn new(
         vhosts: &[&str],
         users: Users,
         limits: Limits,
         journal: Arc<dyn ChangeLog>,
     ) -> Arc<Self> {
+        Self::with_stats(vhosts, users, limits, journal, Stats::default())
+    }
+
+    /// As `new`, counting into `stats` (whose histograms feed the metrics
+    /// exporter).
+    pub fn with_stats(
+        vhosts: &[&str],
+        users: Users,
+        limits: Limits,
+        journal: Arc<dyn ChangeLog>,
+        stats: Stats,
+    ) -> Arc<Self> {
         let broker = Self {
             vhosts: RwLock::new(HashMap::new()),
             users,
             limits,
+            connections: Connections::default(),
+            stats: Arc::new(stats),
             journal,
             alarms: alarm::AlarmState::default(),
         };
         for v in vhosts {
             broker.add_vhost(v);
         }
+        broker.users.grant_configured(vhosts);
         Arc::new(broker)
     }
 
@@ -82,8 +106,31 @@ impl Broker {
         let mut vhosts = self.vhosts.write().unwrap_or_else(|p| p.into_inner());
         vhosts
             .entry(VHostName::from(name))
-            .or_insert_with(|| VHost::new(name.into(), self.journal.clone()))
+            .or_insert_with(|| {
+                VHost::with_stats(name.into(), self.journal.clone(), self.stats.clone())
+            })
             .clone()
+    }
+
+    /// Removes a vhost: closes its connections, deletes its queues (their
+    /// consumers are cancelled) and drops the permissions that named it.
+    /// False if there was no such vhost.
+    pub fn remove_vhost(&self, name: &str) -> bool {
+        let removed = self
+            .vhosts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let Some(vhost) = removed else {
+            return false;
+        };
+        self.connections
+            .close_where(|c| c.vhost.as_str() == name, "vhost deleted");
+        for q in vhost.queues() {
+            let _ = vhost.delete_queue(q.name().as_str(), false, false, q.spec().exclusive);
+        }
+        self.users.clear_vhost(name);
+        true
     }
 
     /// Looks up a vhost.

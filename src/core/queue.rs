@@ -26,6 +26,7 @@ use super::names::{
     ConnectionId, ConsumerId, ConsumerTag, DeliveryId, ExchangeName, QueueName, RoutingKey,
     VHostName,
 };
+use super::stats::Stats;
 
 /// How many deliveries a consumer may have sent to its connection but not
 /// yet written to the socket. This, not the prefetch, bounds memory for a
@@ -190,7 +191,15 @@ pub enum DeadReason {
 }
 
 impl DeadReason {
-    fn as_str(self) -> &'static str {
+    /// Every reason.
+    pub const ALL: [DeadReason; 3] = [
+        DeadReason::Rejected,
+        DeadReason::Expired,
+        DeadReason::MaxLen,
+    ];
+
+    /// The name used in `x-death` headers.
+    pub fn as_str(self) -> &'static str {
         match self {
             DeadReason::Rejected => "rejected",
             DeadReason::Expired => "expired",
@@ -387,8 +396,43 @@ pub struct Queue {
     spec: QueueSpec,
     args: QueueArgs,
     state: Mutex<State>,
+    stats: Arc<Stats>,
     /// Woken when the next deadline (TTL, x-expires) may have moved earlier.
     pub(crate) timer: Notify,
+}
+
+/// A queue's counts at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Ready messages.
+    pub ready: usize,
+    /// Handed-out messages awaiting settlement.
+    pub unacked: usize,
+    /// Body bytes of the ready messages.
+    pub ready_bytes: u64,
+    /// Consumers attached.
+    pub consumers: usize,
+}
+
+/// One consumer, as listings show it.
+#[derive(Clone, Debug)]
+pub struct ConsumerInfo {
+    /// Broker-wide id.
+    pub id: ConsumerId,
+    /// The tag its client knows it by.
+    pub tag: ConsumerTag,
+    /// The connection it belongs to.
+    pub owner: ConnectionId,
+    /// Deliveries must be settled.
+    pub manual_ack: bool,
+    /// Maximum unsettled deliveries; 0 is unlimited.
+    pub prefetch: u32,
+    /// Its priority.
+    pub priority: i32,
+    /// No other consumer may share the queue.
+    pub exclusive: bool,
+    /// Deliveries it holds unsettled.
+    pub unacked: u32,
 }
 
 /// What a settle, cancel or expiry left for the vhost to finish outside the lock.
@@ -408,6 +452,17 @@ impl Queue {
 
     /// Creates an empty queue; with a log, persistent messages are recorded.
     pub fn create(spec: QueueSpec, args: QueueArgs, uid: u64, log: Option<QueueLog>) -> Arc<Self> {
+        Self::create_with_stats(spec, args, uid, log, Arc::new(Stats::default()))
+    }
+
+    /// As `create`, counting expiries and dead letters into `stats`.
+    pub fn create_with_stats(
+        spec: QueueSpec,
+        args: QueueArgs,
+        uid: u64,
+        log: Option<QueueLog>,
+        stats: Arc<Stats>,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             uid,
@@ -427,6 +482,7 @@ impl Queue {
                 last_used: Instant::now(),
                 to_page: std::collections::VecDeque::new(),
             }),
+            stats,
             timer: Notify::new(),
         })
     }
@@ -522,6 +578,34 @@ impl Queue {
     /// Consumers attached.
     pub fn consumer_count(&self) -> usize {
         self.lock().consumers.len()
+    }
+    /// Its depth, unacked, bytes and consumers under one short lock, for
+    /// listings and scrapes.
+    pub fn depth(&self) -> QueueDepth {
+        let st = self.lock();
+        QueueDepth {
+            ready: st.ready.len(),
+            unacked: st.unacked.len(),
+            ready_bytes: st.ready_bytes,
+            consumers: st.consumers.len(),
+        }
+    }
+    /// Its consumers, for listings.
+    pub fn consumers(&self) -> Vec<ConsumerInfo> {
+        self.lock()
+            .consumers
+            .iter()
+            .map(|c| ConsumerInfo {
+                id: c.spec.id,
+                tag: c.spec.tag.clone(),
+                owner: c.spec.owner,
+                manual_ack: c.spec.manual_ack,
+                prefetch: c.spec.prefetch,
+                priority: c.spec.priority,
+                exclusive: c.spec.exclusive,
+                unacked: c.unacked,
+            })
+            .collect()
     }
     /// Whether the queue has been deleted.
     pub fn is_deleted(&self) -> bool {
@@ -1090,9 +1174,13 @@ impl Queue {
     }
 
     fn dead_letter(&self, message: Message, reason: DeadReason, dead: &mut Vec<DeadLetter>) {
+        if reason == DeadReason::Expired {
+            self.stats.expired.inc();
+        }
         let Some(dlx) = &self.args.dead_letter_exchange else {
             return;
         };
+        self.stats.dead_lettered(reason).inc();
         let mut props = message.properties().clone();
         let original_expiration = props.expiration.take();
         let now = SystemTime::now()

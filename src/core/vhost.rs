@@ -18,6 +18,7 @@ use super::names::{ConnectionId, ConsumerId, ExchangeName, QueueName, VHostName}
 use super::queue::{Aftermath, ConsumerSpec, DeadLetter, Queue, QueueArgs, QueueLog, QueueSpec};
 use super::retained::RetainedStore;
 use super::sessions::SessionRegistry;
+use super::stats::Stats;
 
 /// Exchanges every vhost has, as RabbitMQ predeclares them.
 const STANDARD_EXCHANGES: [(&str, ExchangeKind); 6] = [
@@ -75,6 +76,7 @@ pub struct VHost {
     journal: Arc<dyn ChangeLog>,
     retained: RetainedStore,
     sessions: SessionRegistry,
+    stats: Arc<Stats>,
 }
 
 fn inequivalent(
@@ -93,6 +95,15 @@ fn inequivalent(
 impl VHost {
     /// Creates a vhost with the standard exchanges.
     pub fn new(name: VHostName, journal: Arc<dyn ChangeLog>) -> Arc<Self> {
+        Self::with_stats(name, journal, Arc::new(Stats::default()))
+    }
+
+    /// As `new`, with its queues counting into `stats`.
+    pub fn with_stats(
+        name: VHostName,
+        journal: Arc<dyn ChangeLog>,
+        stats: Arc<Stats>,
+    ) -> Arc<Self> {
         let vhost = Arc::new_cyclic(|me| Self {
             name,
             me: me.clone(),
@@ -102,6 +113,7 @@ impl VHost {
             journal,
             retained: RetainedStore::default(),
             sessions: SessionRegistry::default(),
+            stats,
         });
         {
             let mut meta = vhost.meta();
@@ -449,7 +461,7 @@ impl VHost {
             log: self.journal.clone(),
         });
         let name = spec.name.clone();
-        let queue = Queue::create(spec, args, uid, log);
+        let queue = Queue::create_with_stats(spec, args, uid, log, self.stats.clone());
         self.queues_write().insert(name.clone(), queue.clone());
         if let Some(me) = self.me.upgrade()
             && tokio::runtime::Handle::try_current().is_ok()

@@ -83,6 +83,8 @@ struct Shared {
     failed: std::sync::atomic::AtomicBool,
     /// Open segment files for reading paged-out messages back.
     files: Mutex<std::collections::HashMap<LogPosition, Arc<File>>>,
+    /// Where the seconds each group commit took (write and fdatasync) go.
+    commit_seconds: std::sync::OnceLock<metrics::Histogram>,
 }
 
 /// The journal; a `ChangeLog` for the core.
@@ -139,6 +141,7 @@ impl Journal {
             config,
             failed: std::sync::atomic::AtomicBool::new(false),
             files: Mutex::new(std::collections::HashMap::new()),
+            commit_seconds: std::sync::OnceLock::new(),
         });
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
@@ -148,6 +151,11 @@ impl Journal {
             shared,
             writer: Mutex::new(Some(writer)),
         })
+    }
+
+    /// Records how long each group commit takes from now on.
+    pub fn time_commits(&self, histogram: metrics::Histogram) {
+        let _ = self.shared.commit_seconds.set(histogram);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -331,6 +339,8 @@ fn writer_loop(shared: &Shared) {
             }
             (chunks, last, dead)
         };
+        // Timed from the first attempt: retries are latency publishers see.
+        let started = std::time::Instant::now();
         // On failure (disk full, I/O error) nothing is confirmed: the
         // partial write is cut off, the broker raises its disk alarm so
         // publishers wait, and the same batch is retried until it lands.
@@ -359,6 +369,9 @@ fn writer_loop(shared: &Shared) {
             .swap(false, std::sync::atomic::Ordering::Relaxed)
         {
             tracing::info!("journal writes succeed again");
+        }
+        if let Some(h) = shared.commit_seconds.get() {
+            h.record(started.elapsed().as_secs_f64());
         }
         shared.durable.send_replace(last);
         for seg in dead {

@@ -1,0 +1,294 @@
+//! Who is connected: one entry per open client connection, whatever its
+//! protocol. Adapters register once the client has logged in and keep the
+//! returned `Registration` for the connection's life; dropping it removes
+//! the entry. Operators list entries and close one by sending its
+//! connection `Event::CloseConnection`, so closing is the adapter's own
+//! polite close, in its own protocol.
+//!
+//! The table is read by listings and scrapes and written on connect,
+//! disconnect and on rare per-connection changes (a new lane, a consumer);
+//! never per message.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::delivery::{Event, EventSink};
+use super::names::{ConnectionId, VHostName};
+use super::stats::Count;
+
+/// The wire protocol a client speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// AMQP 0-9-1.
+    Amqp = 0,
+    /// MQTT 3.1, 3.1.1 and 5.0.
+    Mqtt = 1,
+    /// STOMP 1.0 to 1.2.
+    Stomp = 2,
+}
+
+impl Protocol {
+    /// Every protocol, in label order.
+    pub const ALL: [Protocol; 3] = [Protocol::Amqp, Protocol::Mqtt, Protocol::Stomp];
+
+    /// The lower-case name used in labels and listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Amqp => "amqp",
+            Protocol::Mqtt => "mqtt",
+            Protocol::Stomp => "stomp",
+        }
+    }
+}
+
+/// What a connection is, fixed once it has logged in.
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    /// The broker's id for it.
+    pub id: ConnectionId,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The user it logged in as.
+    pub user: String,
+    /// The vhost it uses.
+    pub vhost: VHostName,
+    /// A name the client gave itself, if any (AMQP `connection_name`,
+    /// MQTT client id, STOMP `client-id`).
+    pub client_name: Option<String>,
+    /// The client library, if it said (AMQP `product`).
+    pub client_product: Option<String>,
+    /// When it connected, milliseconds since the Unix epoch.
+    pub connected_at_ms: u64,
+}
+
+/// One independent lane multiplexed over a connection, as the adapter
+/// counts them (a protocol without multiplexing has one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LaneInfo {
+    /// Its number within the connection.
+    pub number: u32,
+    /// Consumers attached through it.
+    pub consumers: u32,
+    /// Per-consumer prefetch; 0 is unlimited.
+    pub prefetch: u32,
+    /// Publisher confirms are on.
+    pub confirm: bool,
+    /// Publishes and settlements are transactional.
+    pub transactional: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    info: ConnectionInfo,
+    sink: EventSink,
+    lanes: Mutex<BTreeMap<u32, LaneInfo>>,
+    received: Count,
+    sent: Count,
+}
+
+/// A copy of one entry, for listings.
+#[derive(Clone, Debug)]
+pub struct ConnectionSnapshot {
+    /// What it is.
+    pub info: ConnectionInfo,
+    /// Its lanes, by number.
+    pub lanes: Vec<LaneInfo>,
+    /// Bytes read from the client.
+    pub received_bytes: u64,
+    /// Bytes written to the client.
+    pub sent_bytes: u64,
+}
+
+type Table = RwLock<HashMap<ConnectionId, Arc<Entry>>>;
+
+/// The registry of open connections.
+#[derive(Debug, Default)]
+pub struct Connections {
+    table: Arc<Table>,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Connections {
+    /// Adds a connection; it stays listed until the registration drops.
+    /// `sink` is the connection's event channel, used to close it.
+    pub fn register(&self, info: ConnectionInfo, sink: EventSink) -> Registration {
+        let entry = Arc::new(Entry {
+            info,
+            sink,
+            lanes: Mutex::new(BTreeMap::new()),
+            received: Count::default(),
+            sent: Count::default(),
+        });
+        self.table
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entry.info.id, entry.clone());
+        Registration {
+            table: self.table.clone(),
+            entry,
+        }
+    }
+
+    fn entries(&self) -> Vec<Arc<Entry>> {
+        self.table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Every open connection, oldest first.
+    pub fn list(&self) -> Vec<ConnectionSnapshot> {
+        let mut all: Vec<ConnectionSnapshot> = self
+            .entries()
+            .iter()
+            .map(|e| ConnectionSnapshot {
+                info: e.info.clone(),
+                lanes: e
+                    .lanes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .cloned()
+                    .collect(),
+                received_bytes: e.received.get(),
+                sent_bytes: e.sent.get(),
+            })
+            .collect();
+        all.sort_by_key(|c| (c.info.connected_at_ms, c.info.id));
+        all
+    }
+
+    /// How many connections each protocol has open.
+    pub fn count(&self, protocol: Protocol) -> usize {
+        self.entries()
+            .iter()
+            .filter(|e| e.info.protocol == protocol)
+            .count()
+    }
+
+    /// Asks a connection to close with `reason`; false if it is not open.
+    pub fn close(&self, id: ConnectionId, reason: &str) -> bool {
+        let entry = self
+            .table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        match entry {
+            Some(e) => e.sink.send(Event::CloseConnection(reason.into())).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Closes every connection matching `which`; returns how many.
+    pub fn close_where(&self, which: impl Fn(&ConnectionInfo) -> bool, reason: &str) -> usize {
+        self.entries()
+            .iter()
+            .filter(|e| which(&e.info))
+            .filter(|e| e.sink.send(Event::CloseConnection(reason.into())).is_ok())
+            .count()
+    }
+}
+
+/// A connection's place in the registry; dropping it unlists the connection.
+#[derive(Debug)]
+pub struct Registration {
+    table: Arc<Table>,
+    entry: Arc<Entry>,
+}
+
+impl Registration {
+    /// The connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.entry.info.id
+    }
+
+    /// Records a lane's current state (opened or changed).
+    pub fn set_lane(&self, lane: LaneInfo) {
+        self.entry
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(lane.number, lane);
+    }
+
+    /// Forgets a closed lane.
+    pub fn remove_lane(&self, number: u32) {
+        self.entry
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&number);
+    }
+
+    /// Counts bytes read from the client.
+    pub fn received(&self, n: usize) {
+        self.entry.received.add(n as u64);
+    }
+
+    /// Counts bytes written to the client.
+    pub fn sent(&self, n: usize) {
+        self.entry.sent.add(n as u64);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.table
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.entry.info.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    fn info(id: u64) -> ConnectionInfo {
+        ConnectionInfo {
+            id: ConnectionId(id),
+            protocol: Protocol::Amqp,
+            peer: "127.0.0.1:5555".parse().expect("address"),
+            user: "guest".into(),
+            vhost: "/".into(),
+            client_name: None,
+            client_product: None,
+            connected_at_ms: id,
+        }
+    }
+
+    #[test]
+    fn registration_lists_until_dropped_and_close_reaches_the_connection() {
+        let registry = Connections::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let reg = registry.register(info(1), tx);
+        reg.set_lane(LaneInfo {
+            number: 1,
+            consumers: 2,
+            ..Default::default()
+        });
+        let listed = registry.list();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].lanes[0].consumers, 2);
+        assert_eq!(registry.count(Protocol::Amqp), 1);
+        assert!(registry.close(ConnectionId(1), "bye"));
+        assert!(matches!(rx.try_recv(), Ok(Event::CloseConnection(r)) if r == "bye"));
+        drop(reg);
+        assert!(registry.list().is_empty());
+        assert!(!registry.close(ConnectionId(1), "bye"));
+    }
+}
