@@ -185,25 +185,27 @@ if [[ -n "$FERRY_ADDR" ]]; then
 fi
 
 # --- one table -------------------------------------------------------------
-# Bench rows: | broker | scenario | messages | msg/s delivered | msg/s published | p50 | p99 | RSS |
+# Bench rows: | broker | scenario | messages | msg/s delivered | msg/s published
+#             | p50 | p99 | peak RSS MiB | broker CPU µs/msg |
 awk -F'|' '
     function trim(s) { gsub(/^ +| +$/, "", s); return s }
-    function ratio(f, r) { return (f !~ /^[0-9.]+$/ || r !~ /^[0-9.]+$/ || r + 0 == 0) ? "pending" : sprintf("%.2f", f / r) }
+    function num(v) { return v ~ /^[0-9.]+$/ }
+    function ratio(f, r) { return (num(f) && num(r) && r + 0 > 0) ? sprintf("%.2f", f / r) : "pending" }
     function cell(v) { return v == "" ? "pending" : v }
-    $2 ~ /broker/ || $2 ~ /---/ || NF < 9 { next }
+    $2 ~ /broker/ || $2 ~ /---/ || NF < 10 { next }
     {
         s = trim($3)
-        if (trim($4) ~ /^failed/) { $5 = "failed"; $7 = ""; $8 = ""; $9 = "" }
-        if (FILENAME == ARGV[1]) { order[++n] = s; rr[s] = trim($5); rp50[s] = trim($7); rp99[s] = trim($8); rrss[s] = trim($9) }
-        else { fr[s] = trim($5); fp50[s] = trim($7); fp99[s] = trim($8); frss[s] = trim($9) }
+        if (trim($4) ~ /^failed/) { $5 = "failed"; $7 = ""; $8 = ""; $9 = ""; $10 = "" }
+        lat = trim($7) == "" ? "" : trim($7) "/" trim($8)
+        if (FILENAME == ARGV[1]) { order[++n] = s; rr[s] = trim($5); rl[s] = lat; rm[s] = trim($9); rc[s] = trim($10) }
+        else { fr[s] = trim($5); fl[s] = lat; fm[s] = trim($9); fc[s] = trim($10) }
     }
     END {
-        print "| scenario | RabbitMQ msg/s | ferrymq msg/s | ratio | RabbitMQ p50/p99 ms | ferrymq p50/p99 ms | RabbitMQ RSS MiB | ferrymq RSS MiB |"
-        print "|---|--:|--:|--:|--:|--:|--:|--:|"
+        print "| scenario | RabbitMQ msg/s | ferrymq msg/s | ferrymq/RabbitMQ | p50/p99 ms RabbitMQ | p50/p99 ms ferrymq | RSS MiB RabbitMQ | RSS MiB ferrymq | CPU µs/msg RabbitMQ | CPU µs/msg ferrymq |"
+        print "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
         for (i = 1; i <= n; i++) {
             s = order[i]
-            fl = (s in fp50) ? fp50[s] "/" fp99[s] : "pending"
-            printf "| %s | %s | %s | %s | %s/%s | %s | %s | %s |\n", s, rr[s], cell(fr[s]), ratio(fr[s], rr[s]), rp50[s], rp99[s], fl, rrss[s], cell(frss[s])
+            printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s, rr[s], cell(fr[s]), ratio(fr[s], rr[s]), rl[s], cell(fl[s]), rm[s], cell(fm[s]), rc[s], cell(fc[s])
         }
     }
 ' "$TMP/rabbit.md" "$TMP/ferrymq.md"

@@ -15,7 +15,7 @@
 //! - `scenario.rs` names the scenarios and runs one: queues declared under a
 //!   unique name, consumers and producers connected first, then started
 //!   together; deleted at the end, even after a failure.
-//! - `report.rs` prints rows; `rss.rs` polls the broker's resident memory.
+//! - `report.rs` prints rows; `usage.rs` samples the broker's memory and CPU.
 //!
 //! Every body starts with the nanoseconds since the scenario's start at the
 //! moment it was encoded, so latency is publish-to-receipt, end to end,
@@ -25,8 +25,8 @@ mod client;
 mod consumer;
 mod producer;
 mod report;
-mod rss;
 mod scenario;
+mod usage;
 mod wire;
 
 use anyhow::{Result, bail};
@@ -54,7 +54,7 @@ pub struct BenchArgs {
     /// Run only this scenario; repeat for several. Default: all of them.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
-    /// The broker's process id, to report its peak resident memory per scenario.
+    /// The broker's process id, to report its peak resident memory and CPU time per scenario.
     #[arg(long, value_name = "PID")]
     pub broker_pid: Option<u32>,
     /// The broker's name in the table.

@@ -15,6 +15,8 @@ pub struct Outcome {
     pub p50_us: u64,
     pub p99_us: u64,
     pub peak_rss_kib: Option<u64>,
+    /// The broker's user + system CPU time during the scenario.
+    pub broker_cpu: Option<Duration>,
 }
 
 impl Outcome {
@@ -25,6 +27,12 @@ impl Outcome {
 
     pub fn publish_rate(&self) -> f64 {
         per_second(self.published, self.publish_elapsed)
+    }
+
+    /// The broker's CPU time per delivered message, in microseconds.
+    pub fn broker_cpu_us_per_message(&self) -> Option<f64> {
+        let cpu = self.broker_cpu?;
+        (self.delivered > 0).then(|| cpu.as_secs_f64() * 1e6 / self.delivered as f64)
     }
 }
 
@@ -47,7 +55,7 @@ pub enum Format {
     Markdown,
 }
 
-const COLUMNS: [&str; 8] = [
+const COLUMNS: [&str; 9] = [
     "broker",
     "scenario",
     "messages",
@@ -56,18 +64,18 @@ const COLUMNS: [&str; 8] = [
     "p50 ms",
     "p99 ms",
     "peak RSS MiB",
+    "broker CPU µs/msg",
 ];
 
 pub fn header(format: Format) -> String {
     match format {
-        Format::Markdown => format!(
-            "| {} |\n|{}",
-            COLUMNS.join(" | "),
-            [
-                "---|", "---|", "--:|", "--:|", "--:|", "--:|", "--:|", "--:|"
-            ]
-            .concat()
-        ),
+        Format::Markdown => {
+            // Names left, numbers right.
+            let align: String = (0..COLUMNS.len())
+                .map(|i| if i < 2 { "---|" } else { "--:|" })
+                .collect();
+            format!("| {} |\n|{align}", COLUMNS.join(" | "))
+        }
         Format::Text => text_row(&COLUMNS.map(str::to_owned)),
     }
 }
@@ -82,6 +90,9 @@ pub fn row(format: Format, label: &str, outcome: &Outcome) -> String {
         ms(outcome.p50_us),
         ms(outcome.p99_us),
         mib(outcome.peak_rss_kib),
+        outcome
+            .broker_cpu_us_per_message()
+            .map_or_else(|| "-".to_owned(), |us| format!("{us:.1}")),
     ];
     match format {
         Format::Markdown => format!("| {} |", cells.join(" | ")),
@@ -93,15 +104,15 @@ pub fn failed_row(format: Format, label: &str, scenario: &str, error: &anyhow::E
     // One line, and no table separators inside a markdown cell.
     let why = format!("{error:#}").replace(['\n', '|'], " ");
     match format {
-        Format::Markdown => format!("| {label} | {scenario} | failed: {why} | | | | | |"),
+        Format::Markdown => format!("| {label} | {scenario} | failed: {why} | | | | | | |"),
         Format::Text => format!("{label:<10} {scenario:<18} failed: {why}"),
     }
 }
 
-fn text_row(cells: &[String; 8]) -> String {
+fn text_row(cells: &[String; 9]) -> String {
     format!(
-        "{:<10} {:<18} {:>9} {:>16} {:>16} {:>8} {:>8} {:>13}",
-        cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]
+        "{:<10} {:<18} {:>9} {:>16} {:>16} {:>8} {:>8} {:>13} {:>18}",
+        cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7], cells[8]
     )
 }
 
@@ -119,6 +130,7 @@ mod tests {
             p50_us: 1_500,
             p99_us: 12_346,
             peak_rss_kib: Some(200 * 1024),
+            broker_cpu: Some(Duration::from_millis(1500)),
         }
     }
 
@@ -127,7 +139,7 @@ mod tests {
         let row = row(Format::Markdown, "rabbitmq", &outcome());
         assert_eq!(
             row,
-            "| rabbitmq | transient-1k | 100000 | 50000 | 100000 | 1.50 | 12.35 | 200 |"
+            "| rabbitmq | transient-1k | 100000 | 50000 | 100000 | 1.50 | 12.35 | 200 | 15.0 |"
         );
         assert_eq!(row.matches('|').count(), COLUMNS.len() + 1);
         assert_eq!(

@@ -6,7 +6,7 @@ use super::client::{Connection, Target};
 use super::consumer::{AckMode, Consumer, ConsumerOutcome, latency_histogram};
 use super::producer::{Producer, ProducerOutcome, ProducerSpec};
 use super::report::Outcome;
-use super::rss::RssSampler;
+use super::usage::{Usage, UsageSampler};
 use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -161,7 +161,7 @@ async fn measure(
         producers.push(producer);
     }
 
-    let rss = broker_pid.map(RssSampler::start);
+    let usage = broker_pid.map(UsageSampler::start);
     let epoch = Instant::now();
     let deadline = epoch + Duration::from_secs(budget.seconds);
     let delivered = Arc::new(AtomicU64::new(0));
@@ -207,9 +207,9 @@ async fn measure(
     while let Some(joined) = consuming.join_next().await {
         received.push(joined.context("consumer task")?.context("consumer")?);
     }
-    let peak_rss_kib = match rss {
+    let usage = match usage {
         Some(sampler) => sampler.finish().await,
-        None => None,
+        None => Usage::default(),
     };
 
     let mut latency = latency_histogram();
@@ -233,6 +233,7 @@ async fn measure(
         publish_elapsed,
         p50_us: latency.value_at_quantile(0.50),
         p99_us: latency.value_at_quantile(0.99),
-        peak_rss_kib,
+        peak_rss_kib: usage.peak_rss_kib,
+        broker_cpu: usage.cpu,
     })
 }
