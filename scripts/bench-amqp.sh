@@ -153,9 +153,6 @@ run_bench() { # label addr pid [args...] -> markdown rows on stdout
     say "$label: load average after the run $(load1)"
 }
 
-say "RabbitMQ: running scenarios"
-run_bench rabbitmq "127.0.0.1:$RABBIT_PORT" "$RABBIT_PID" "$@" | tee "$TMP/rabbit.md" >&2
-
 # --- ferrymq ---------------------------------------------------------------
 FERRY_ADDR=""
 FERRY_PID=""
@@ -178,11 +175,33 @@ elif [[ -x target/release/ferrymq ]]; then
 else
     say "no target/release/ferrymq and no FERRYMQ_ADDR; skipping ferrymq"
 fi
-: >"$TMP/ferrymq.md"
-if [[ -n "$FERRY_ADDR" ]]; then
-    say "ferrymq: running scenarios"
-    run_bench ferrymq "$FERRY_ADDR" "$FERRY_PID" "$@" | tee "$TMP/ferrymq.md" >&2
+
+# --- the runs ---------------------------------------------------------------
+# Scenario by scenario, RabbitMQ then ferrymq, so both see about the same
+# background load even when it drifts during the run.
+SCENARIOS=()
+EXTRA=()
+while (($#)); do
+    case $1 in
+        --scenario) SCENARIOS+=("${2:?--scenario needs a name}"); shift 2 ;;
+        --scenario=*) SCENARIOS+=("${1#--scenario=}"); shift ;;
+        *) EXTRA+=("$1"); shift ;;
+    esac
+done
+if ((${#SCENARIOS[@]} == 0)); then
+    mapfile -t SCENARIOS < <("${BENCH[@]}" --list-scenarios)
+    ((${#SCENARIOS[@]})) || { say "the bench listed no scenarios"; exit 1; }
 fi
+: >"$TMP/rabbit.md"
+: >"$TMP/ferrymq.md"
+for scenario in "${SCENARIOS[@]}"; do
+    run_bench rabbitmq "127.0.0.1:$RABBIT_PORT" "$RABBIT_PID" --scenario "$scenario" "${EXTRA[@]}" \
+        | tee -a "$TMP/rabbit.md" >&2
+    if [[ -n "$FERRY_ADDR" ]]; then
+        run_bench ferrymq "$FERRY_ADDR" "$FERRY_PID" --scenario "$scenario" "${EXTRA[@]}" \
+            | tee -a "$TMP/ferrymq.md" >&2
+    fi
+done
 
 # --- one table -------------------------------------------------------------
 # Bench rows: | broker | scenario | messages | msg/s delivered | msg/s published

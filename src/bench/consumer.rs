@@ -232,10 +232,12 @@ impl Consumer {
                 Incoming::Method(_, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {
                     break;
                 }
-                Incoming::Method(_, m) if refusal(&m).is_some() => {
-                    return Err(refusal(&m).expect("checked"));
+                Incoming::Method(_, m) => {
+                    if let Some(err) = refusal(&m) {
+                        return Err(err);
+                    }
                 }
-                _ => continue,
+                _ => {}
             }
         }
         Ok(ConsumerOutcome {

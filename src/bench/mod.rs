@@ -63,12 +63,22 @@ pub struct BenchArgs {
     /// Print a markdown table instead of aligned text.
     #[arg(long)]
     pub markdown: bool,
+    /// Print the scenario names, one a line, and exit.
+    #[arg(long)]
+    pub list_scenarios: bool,
 }
 
 /// Runs the selected scenarios one after another and prints a row for each.
 /// A failed scenario prints its reason and the run goes on; the result is an
 /// error if any failed.
 pub async fn run(args: BenchArgs) -> Result<()> {
+    let mut out = std::io::stdout();
+    if args.list_scenarios {
+        for s in &scenario::ALL {
+            writeln!(out, "{}", s.name)?;
+        }
+        return Ok(());
+    }
     let selected: Vec<Scenario> = if args.scenarios.is_empty() {
         scenario::ALL.to_vec()
     } else {
@@ -95,7 +105,6 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     } else {
         report::Format::Text
     };
-    let mut out = std::io::stdout();
     writeln!(out, "{}", report::header(format))?;
     let mut failed = Vec::new();
     for s in selected {
