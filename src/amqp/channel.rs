@@ -683,7 +683,7 @@ impl Session {
                     ));
                 }
                 self.authorize(Access::Write, "exchange", p.exchange.as_str())?;
-                self.hold_if_alarmed();
+                self.hold_if_alarmed(out);
                 self.chan(ch).publish = Some(Pending {
                     exchange: p.exchange.as_str().into(),
                     key: p.routing_key.as_str().into(),

@@ -84,6 +84,8 @@ pub struct Session {
     alarms: Alarms,
     /// A publish arrived during an alarm: read nothing more until it clears.
     held: bool,
+    /// connection.blocked was sent and unblocked is still due.
+    told_blocked: bool,
     /// The client asked to close (we answered close-ok).
     client_closed: bool,
     /// The highest journal position known durable.
@@ -122,6 +124,7 @@ impl Session {
             durable: 0,
             alarms: Alarms::default(),
             held: false,
+            told_blocked: false,
             client_closed: false,
             stats: broker.stats.clone(),
             registration: None,
@@ -714,22 +717,40 @@ impl Session {
         if !now {
             self.held = false;
         }
-        if self.caps.connection_blocked && self.stage == Stage::Open {
-            let m = if now {
-                connection::AMQPMethod::Blocked(connection::Blocked {
-                    reason: short(alarms.reason()),
-                })
-            } else {
-                connection::AMQPMethod::Unblocked(connection::Unblocked {})
-            };
-            self.writer.method(out, 0, AMQPClass::Connection(m));
+        if now {
+            self.tell_blocked(out);
+        } else if self.told_blocked {
+            self.told_blocked = false;
+            self.writer.method(
+                out,
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})),
+            );
         }
     }
 
-    /// A publish arrived during an alarm: hold further input.
-    pub(super) fn hold_if_alarmed(&mut self) {
+    /// Sends connection.blocked once per alarm, to a client that
+    /// understands it and whose connection is open.
+    fn tell_blocked(&mut self, out: &mut BytesMut) {
+        if self.told_blocked || !self.caps.connection_blocked || self.stage != Stage::Open {
+            return;
+        }
+        self.told_blocked = true;
+        self.writer.method(
+            out,
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: short(self.alarms.reason()),
+            })),
+        );
+    }
+
+    /// A publish arrived during an alarm: hold further input. A connection
+    /// opened while the alarm was already on learns of it here.
+    pub(super) fn hold_if_alarmed(&mut self, out: &mut BytesMut) {
         if self.alarms.any() {
             self.held = true;
+            self.tell_blocked(out);
         }
     }
 
