@@ -47,6 +47,8 @@ pub struct Server {
     pub amqp: Option<SocketAddr>,
     /// Where MQTT listens, if it does.
     pub mqtt: Option<SocketAddr>,
+    /// Where STOMP listens, if it does.
+    pub stomp: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     /// Held for the server's life: the data directory is ours.
@@ -210,8 +212,18 @@ impl Server {
                 tracker.clone(),
             ));
         }
+        let stomp = bind("STOMP", &config.stomp).await?;
+        let stomp_addr = stomp.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = stomp {
+            tracker.spawn(accept_stomp(
+                listener,
+                broker.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
         // Scripts wait for this line and read the bound addresses from it.
-        let bound: Vec<String> = [("amqp", amqp_addr), ("mqtt", mqtt_addr)]
+        let bound: Vec<String> = [("amqp", amqp_addr), ("mqtt", mqtt_addr), ("stomp", stomp_addr)]
             .iter()
             .filter_map(|(name, addr)| addr.map(|a| format!("{name}={a}")))
             .collect();
@@ -224,6 +236,7 @@ impl Server {
             broker,
             amqp: amqp_addr,
             mqtt: mqtt_addr,
+            stomp: stomp_addr,
             shutdown,
             tracker,
             _lock: lock,
@@ -318,6 +331,36 @@ async fn accept_mqtt(
                     peer,
                     broker.clone(),
                     settings.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn accept_stomp(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let _ = socket.set_nodelay(true);
+                tracker.spawn(crate::stomp::serve(
+                    socket,
+                    peer,
+                    broker.clone(),
                     shutdown.clone(),
                 ));
             }
