@@ -5,7 +5,7 @@
 //! subscription.rs; this file has the connection's life (CONNECT, heart-beat
 //! negotiation, DISCONNECT, ERROR), SEND, transactions and receipts.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,6 +135,8 @@ pub struct Session {
     pub(super) next_tag: u64,
     pub(super) transactions: HashMap<String, Transaction>,
     pub(super) temp_queues: HashMap<String, TempQueue>,
+    /// `/queue/` destinations this connection declared with explicit headers.
+    pub(super) declared: HashSet<String>,
     receipts: VecDeque<Receipt>,
     durable: LogPosition,
     /// Deliveries written this round, reported to their queues after the
@@ -174,6 +176,7 @@ impl Session {
             next_tag: 1,
             transactions: HashMap::new(),
             temp_queues: HashMap::new(),
+            declared: HashSet::new(),
             receipts: VecDeque::new(),
             durable: 0,
             sent: HashMap::new(),

@@ -302,8 +302,11 @@ impl Session {
     ) -> Result<Arc<Queue>, StompError> {
         let params = queue_params(frame, true, false, false)?;
         let vhost = self.vhost();
-        if !params.explicit
-            && let Some(q) = vhost.queue(name)
+        // Declared once per connection, as RabbitMQ's adapter does: a
+        // producer repeating queue headers on every SEND costs no
+        // re-declaration each time.
+        if let Some(q) = vhost.queue(name)
+            && (!params.explicit || self.declared.contains(name))
         {
             return Ok(q);
         }
@@ -317,6 +320,7 @@ impl Session {
             },
             false,
         )?;
+        self.declared.insert(name.to_owned());
         Ok(vhost.existing_queue(name)?)
     }
 
