@@ -3,9 +3,10 @@
 //! load runs against any broker with a STOMP listener (ferrymq, RabbitMQ's
 //! plugin, ActiveMQ), written as their clients write it:
 //!
-//! - STOMP 1.2 and `/queue/<name>`, which all three understand. The queue is
-//!   transient and auto-delete where the broker honours `durable:false` /
-//!   `auto-delete:true` (ferrymq, RabbitMQ), so a run leaves nothing behind.
+//! - STOMP 1.2 and `/queue/<name>` with no queue headers, which all three
+//!   understand alike: each broker's default queue (durable in ferrymq and
+//!   RabbitMQ; the messages are not persistent). The queue outlives the run,
+//!   under a name unique to it: scripts/bench-stomp.sh runs throwaway brokers.
 //! - The producer writes SEND frames in batches of about 64 KiB, asks for a
 //!   RECEIPT every `RECEIPT_EVERY` messages and keeps at most
 //!   `RECEIPT_WINDOW` of them outstanding: pipelined, yet bounded.
@@ -218,10 +219,6 @@ fn describe(f: &Frame) -> String {
     }
 }
 
-/// The queue headers every frame naming the queue carries, so that the
-/// first one to arrive declares it the same way.
-const QUEUE_HEADERS: [(&str, &str); 2] = [("durable", "false"), ("auto-delete", "true")];
-
 /// Runs one scenario.
 pub async fn run(
     target: &StompTarget,
@@ -249,9 +246,6 @@ pub async fn run(
             .with_header("prefetch-count", PREFETCH.to_string())
             .with_header("activemq.prefetchSize", PREFETCH.to_string()),
     };
-    for (k, v) in QUEUE_HEADERS {
-        subscribe = subscribe.with_header(k, v);
-    }
     sub.write_frame(&subscribe).await?;
     sub.receipt("subscribed").await.context("SUBSCRIBE")?;
     let producer = Conn::open(target).await.context("producer")?;
@@ -323,12 +317,6 @@ fn put_send(out: &mut BytesMut, destination: &str, body: &[u8], receipt: Option<
     out.put_slice(b"SEND\ndestination:");
     out.put_slice(destination.as_bytes());
     out.put_u8(b'\n');
-    for (k, v) in QUEUE_HEADERS {
-        out.put_slice(k.as_bytes());
-        out.put_u8(b':');
-        out.put_slice(v.as_bytes());
-        out.put_u8(b'\n');
-    }
     if let Some(r) = receipt {
         out.put_slice(format!("receipt:{r}\n").as_bytes());
     }
@@ -465,7 +453,6 @@ mod tests {
         assert_eq!(f.command, Command::Send);
         assert_eq!(f.header("destination"), Some("/queue/q"));
         assert_eq!(f.header("receipt"), Some("7"));
-        assert_eq!(f.header("auto-delete"), Some("true"));
         assert_eq!(&f.body[..], b"12345678\0x");
         assert!(out.is_empty());
     }
