@@ -319,6 +319,7 @@ impl Session {
                 arguments: params.arguments,
             },
             false,
+            Some(self.conn_id),
         )?;
         self.declared.insert(name.to_owned());
         Ok(vhost.existing_queue(name)?)
@@ -375,6 +376,7 @@ impl Session {
                 arguments: params.arguments,
             },
             false,
+            Some(self.conn_id),
         )?;
         vhost.bind(
             BindingSpec {
@@ -408,6 +410,7 @@ impl Session {
                         arguments: Headers::new(),
                     },
                     false,
+                    Some(self.conn_id),
                 )?;
                 let queue = vhost.existing_queue(declared.name.as_str())?;
                 self.temp_queues.insert(
