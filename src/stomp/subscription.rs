@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::codec::{Frame, Version};
+use super::codec::{Command, Frame, Version};
 use super::destination::Destination;
 use super::error::StompError;
 use super::properties::{self, MessageHead};
@@ -302,11 +302,12 @@ impl Session {
     ) -> Result<Arc<Queue>, StompError> {
         let params = queue_params(frame, true, false, false)?;
         let vhost = self.vhost();
-        // Declared once per connection, as RabbitMQ's adapter does: a
-        // producer repeating queue headers on every SEND costs no
-        // re-declaration each time.
+        // A SEND declares once per connection, as RabbitMQ's adapter does:
+        // a producer repeating queue headers on every SEND costs no
+        // re-declaration each time. A SUBSCRIBE always declares.
+        let sent_before = frame.command == Command::Send && self.declared.contains(name);
         if let Some(q) = vhost.queue(name)
-            && (!params.explicit || self.declared.contains(name))
+            && (!params.explicit || sent_before)
         {
             return Ok(q);
         }
@@ -321,7 +322,9 @@ impl Session {
             false,
             Some(self.conn_id),
         )?;
-        self.declared.insert(name.to_owned());
+        if frame.command == Command::Send {
+            self.declared.insert(name.to_owned());
+        }
         Ok(vhost.existing_queue(name)?)
     }
 
@@ -653,7 +656,7 @@ mod tests {
 
     #[test]
     fn queue_headers_override_the_destination_defaults() {
-        let frame = Frame::new(super::super::codec::Command::Subscribe)
+        let frame = Frame::new(Command::Subscribe)
             .with_header("durable", "false")
             .with_header("x-max-length", " 10")
             .with_header("x-dead-letter-exchange", "dlx")
@@ -672,15 +675,9 @@ mod tests {
             Some(&Value::Bool(true))
         );
         assert!(!p.arguments.contains_key("x-unknown"));
-        let none = queue_params(
-            &Frame::new(super::super::codec::Command::Send),
-            true,
-            false,
-            false,
-        )
-        .expect("valid");
+        let none = queue_params(&Frame::new(Command::Send), true, false, false).expect("valid");
         assert!(!none.explicit);
-        let bad = Frame::new(super::super::codec::Command::Send).with_header("x-max-length", "ten");
+        let bad = Frame::new(Command::Send).with_header("x-max-length", "ten");
         assert!(queue_params(&bad, true, false, false).is_err());
     }
 }
