@@ -64,7 +64,9 @@ def deadline_for(what: str, timeout: float = WAIT):
 class Broker:
     """ferrymq as a child process, on ephemeral loopback ports."""
 
-    def __init__(self, *extra: str, config: str | None = None, amqp: str = "127.0.0.1:0"):
+    def __init__(
+        self, *extra: str, config: str | None = None, amqp: str = "127.0.0.1:0", stomp: str = "127.0.0.1:0"
+    ):
         self.data_dir = tempfile.mkdtemp(prefix="ferrymq-conf-")
         atexit.register(shutil.rmtree, self.data_dir, ignore_errors=True)
         self.args = [
@@ -75,7 +77,7 @@ class Broker:
             "--mqtt",
             "off",
             "--stomp",
-            "off",
+            stomp,
             "--http",
             "off",
             "--data-dir",
@@ -92,6 +94,8 @@ class Broker:
         self.ready_line: str | None = None
         self.host: str | None = None
         self.port: int | None = None
+        self.stomp_host: str | None = None
+        self.stomp_port: int | None = None
 
     def spawn(self) -> "Broker":
         """Starts the process without waiting for it to be ready."""
@@ -139,6 +143,9 @@ class Broker:
             if word.startswith("amqp="):
                 host, _, port = word[len("amqp=") :].rpartition(":")
                 self.host, self.port = host.strip("[]"), int(port)
+            elif word.startswith("stomp="):
+                host, _, port = word[len("stomp=") :].rpartition(":")
+                self.stomp_host, self.stomp_port = host.strip("[]"), int(port)
         return self
 
     def wait_exit(self, timeout: float = WAIT) -> int:

@@ -51,6 +51,8 @@ pub struct Server {
     pub mqtt: Option<SocketAddr>,
     /// Where the management API, console and /metrics listen, if they do.
     pub http: Option<SocketAddr>,
+    /// Where STOMP listens, if it does.
+    pub stomp: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     /// Held for the server's life: the data directory is ours.
@@ -218,11 +220,22 @@ impl Server {
                 tracker.clone(),
             ));
         }
+        let stomp = bind("STOMP", &config.stomp).await?;
+        let stomp_addr = stomp.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = stomp {
+            tracker.spawn(accept_stomp(
+                listener,
+                broker.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
         let http = bind("HTTP", &config.http).await?;
         let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
         let listening: Vec<(String, SocketAddr)> = [
             ("amqp", amqp_addr),
             ("mqtt", mqtt_addr),
+            ("stomp", stomp_addr),
             ("http", http_addr),
         ]
         .iter()
@@ -237,6 +250,7 @@ impl Server {
         let bound: Vec<String> = [
             ("amqp", amqp_addr),
             ("mqtt", mqtt_addr),
+            ("stomp", stomp_addr),
             ("http", http_addr),
         ]
         .iter()
@@ -252,6 +266,7 @@ impl Server {
             amqp: amqp_addr,
             mqtt: mqtt_addr,
             http: http_addr,
+            stomp: stomp_addr,
             shutdown,
             tracker,
             _lock: lock,
@@ -359,6 +374,36 @@ async fn accept_mqtt(
                     peer,
                     broker.clone(),
                     settings.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn accept_stomp(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let _ = socket.set_nodelay(true);
+                tracker.spawn(crate::stomp::serve(
+                    socket,
+                    peer,
+                    broker.clone(),
                     shutdown.clone(),
                 ));
             }

@@ -1,4 +1,5 @@
-//! A pipelined AMQP 0-9-1 load generator, for ferrymq or any other broker.
+//! A pipelined AMQP 0-9-1 load generator, for ferrymq or any other broker,
+//! and its STOMP counterpart (`stomp.rs`, with `--stomp`).
 //!
 //! Why not lapin: a client that awaits each publish measures itself, not the
 //! broker (see DEPS.md §2). This one keeps the socket full:
@@ -26,6 +27,7 @@ mod consumer;
 mod producer;
 mod report;
 mod scenario;
+mod stomp;
 mod usage;
 mod wire;
 
@@ -39,6 +41,9 @@ pub struct BenchArgs {
     /// The broker's AMQP address.
     #[arg(long, default_value = "127.0.0.1:5672", value_name = "HOST:PORT")]
     pub amqp: String,
+    /// Run the STOMP scenarios against this STOMP address instead.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub stomp: Option<String>,
     #[arg(long, default_value = "guest")]
     pub user: String,
     #[arg(long, default_value = "guest")]
@@ -72,6 +77,9 @@ pub struct BenchArgs {
 /// A failed scenario prints its reason and the run goes on; the result is an
 /// error if any failed.
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.stomp.is_some() {
+        return run_stomp(args).await;
+    }
     let mut out = std::io::stdout();
     if args.list_scenarios {
         for s in &scenario::ALL {
@@ -110,6 +118,64 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     for s in selected {
         tracing::info!(scenario = s.name, broker = %args.amqp, "running");
         let line = match scenario::run(&target, s, budget, args.broker_pid).await {
+            Ok(outcome) => report::row(format, &args.label, &outcome),
+            Err(err) => {
+                tracing::error!(scenario = s.name, "{err:#}");
+                failed.push(s.name);
+                report::failed_row(format, &args.label, s.name, &err)
+            }
+        };
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+    if !failed.is_empty() {
+        bail!("{} scenario(s) failed: {}", failed.len(), failed.join(", "));
+    }
+    Ok(())
+}
+
+/// `ferrymq bench --stomp ADDR`: the STOMP scenarios, the same way.
+async fn run_stomp(args: BenchArgs) -> Result<()> {
+    let selected: Vec<stomp::StompScenario> = if args.scenarios.is_empty() {
+        stomp::ALL.to_vec()
+    } else {
+        args.scenarios
+            .iter()
+            .map(|name| {
+                stomp::find(name).ok_or_else(|| {
+                    let known: Vec<&str> = stomp::ALL.iter().map(|s| s.name).collect();
+                    anyhow::anyhow!(
+                        "unknown STOMP scenario {name:?}; known: {}",
+                        known.join(", ")
+                    )
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    if args.messages == 0 {
+        bail!("--messages must be at least 1");
+    }
+    let target = stomp::StompTarget {
+        addr: args.stomp.clone().unwrap_or_default(),
+        login: args.user.clone(),
+        passcode: args.password.clone(),
+        host: args.vhost.clone(),
+    };
+    let budget = scenario::Budget {
+        messages: args.messages,
+        seconds: args.seconds,
+    };
+    let format = if args.markdown {
+        report::Format::Markdown
+    } else {
+        report::Format::Text
+    };
+    let mut out = std::io::stdout();
+    writeln!(out, "{}", report::header(format))?;
+    let mut failed = Vec::new();
+    for s in selected {
+        tracing::info!(scenario = s.name, broker = %target.addr, "running");
+        let line = match stomp::run(&target, s, budget, args.broker_pid).await {
             Ok(outcome) => report::row(format, &args.label, &outcome),
             Err(err) => {
                 tracing::error!(scenario = s.name, "{err:#}");

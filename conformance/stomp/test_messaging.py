@@ -1,0 +1,138 @@
+"""stomp.py sending and subscribing in each version: the three ack modes,
+NACK, prefetch, transactions and receipts."""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance.support import unique
+
+VERSIONS = ["1.0", "1.1", "1.2"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_send_and_receive_with_headers(stomp_client, version):
+    c = stomp_client(version)
+    queue = f"/queue/{unique('plain')}"
+    c.subscribe(queue, "s")
+    c.receipted(c.conn.send, queue, "hello", headers={"content-type": "text/plain", "x-colour": "blue"})
+    m = c.events.message()
+    assert m.body == "hello"
+    assert m.headers["destination"] == queue
+    assert m.headers["subscription"] == "s"
+    assert m.headers["content-type"] == "text/plain"
+    assert m.headers["x-colour"] == "blue"
+    assert m.headers["message-id"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_client_individual_ack_settles_one_message(stomp_client, version, broker):
+    c = stomp_client(version)
+    queue = f"/queue/{unique('individual')}"
+    c.subscribe(queue, "s", ack="client-individual")
+    for body in ["a", "b"]:
+        c.conn.send(queue, body)
+    first, second = c.events.message("a"), c.events.message("b")
+    c.ack(second, receipt="acked")
+    c.conn.disconnect(receipt="bye")
+    c.events.receipt("bye")
+    # Only the unacknowledged first message comes back.
+    again = stomp_client(version)
+    again.subscribe(queue, "t")
+    m = again.events.message("the unacknowledged message, redelivered")
+    assert (m.body, m.headers["redelivered"]) == ("a", "true")
+    again.receipted(again.conn.send, queue, "marker")
+    again.events.no_message("marker")
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.2"])
+def test_client_ack_is_cumulative(stomp_client, version):
+    c = stomp_client(version)
+    queue = f"/queue/{unique('cumulative')}"
+    c.subscribe(queue, "s", ack="client")
+    for body in ["1", "2", "3"]:
+        c.conn.send(queue, body)
+    frames = [c.events.message(b) for b in ["1", "2", "3"]]
+    c.ack(frames[1], receipt="up-to-2")
+    c.conn.disconnect(receipt="bye")
+    c.events.receipt("bye")
+    again = stomp_client(version)
+    again.subscribe(queue, "t")
+    assert again.events.message("the third, never acknowledged").body == "3"
+    again.receipted(again.conn.send, queue, "marker")
+    again.events.no_message("marker")
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.2"])
+def test_nack_requeues_and_requeue_false_discards(stomp_client, version):
+    c = stomp_client(version)
+    queue = f"/queue/{unique('nack')}"
+    c.subscribe(queue, "s", ack="client-individual")
+    c.conn.send(queue, "again")
+    m = c.events.message()
+    c.nack(m)
+    m = c.events.message("the message after NACK")
+    assert m.headers["redelivered"] == "true"
+    c.nack(m, requeue="false")
+    c.receipted(c.conn.send, queue, "marker")
+    marker = c.events.message("the marker")
+    assert marker.body == "marker", "the discarded message did not come back"
+
+
+def test_prefetch_count_bounds_what_is_outstanding(stomp_client):
+    c = stomp_client("1.2")
+    queue = f"/queue/{unique('prefetch')}"
+    c.subscribe(queue, "s", ack="client-individual", **{"prefetch-count": "2"})
+    for i in range(4):
+        c.receipted(c.conn.send, queue, str(i))
+    got = [c.events.message(str(i)) for i in range(2)]
+    assert c.events.messages.empty(), "a third message arrived past the prefetch of 2"
+    c.ack(got[0])
+    assert c.events.message("the third, once one was acknowledged").body == "2"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_transactions_cover_send_and_ack(stomp_client, version):
+    c = stomp_client(version)
+    queue = f"/queue/{unique('tx')}"
+    c.subscribe(queue, "s", ack="client-individual")
+    c.conn.send(queue, "before")
+    before = c.events.message("before")
+    tx = c.conn.begin()
+    c.conn.send(queue, "inside", transaction=tx)
+    h = before.headers
+    if version == "1.2":
+        c.conn.ack(h["ack"], transaction=tx)
+    elif version == "1.1":
+        c.conn.ack(h["message-id"], h["subscription"], transaction=tx)
+    else:
+        c.conn.ack(h["message-id"], transaction=tx)
+    aborted = c.conn.begin()
+    c.conn.send(queue, "aborted", transaction=aborted)
+    c.receipted(c.conn.abort, aborted)
+    assert c.events.messages.empty(), "a message sent in a transaction arrived before COMMIT"
+    c.receipted(c.conn.commit, tx)
+    assert c.events.message("the message sent in the committed transaction").body == "inside"
+    c.receipted(c.conn.send, queue, "marker")
+    c.events.no_message("marker")
+
+
+def test_every_frame_with_a_receipt_gets_one_in_order(stomp_client):
+    c = stomp_client("1.2")
+    queue = f"/queue/{unique('receipts')}"
+    c.conn.subscribe(queue, "s", headers={"receipt": "1"})
+    c.conn.send(queue, "persistent", headers={"receipt": "2", "persistent": "true"})
+    c.conn.send(queue, "transient", headers={"receipt": "3"})
+    c.conn.unsubscribe("s", headers={"receipt": "4"})
+    for rid in ["1", "2", "3", "4"]:
+        c.events.receipt(rid)
+
+
+def test_bodies_with_nul_bytes_arrive_whole(stomp_client):
+    c = stomp_client("1.2", auto_decode=False)
+    queue = f"/queue/{unique('binary')}"
+    c.subscribe(queue, "s")
+    c.receipted(c.conn.send, queue, b"a\x00b\x00c")
+    m = c.events.message()
+    assert m.body == b"a\x00b\x00c"
+    assert m.headers["content-length"] == "5"

@@ -1,0 +1,201 @@
+//! One task per STOMP connection: read and decode frames, hand them to the
+//! session, turn core events into frames, write in bulk, keep heart-beats
+//! and watch for a dead peer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{Item, StompCodec};
+use super::session::{Session, Settings};
+use crate::core::Broker;
+
+/// Events taken from the connection's channel per wake-up.
+const EVENT_BATCH: usize = 512;
+/// Stop reading while this much output waits for a slow client, so a
+/// publisher that never reads its receipts cannot grow our buffers.
+const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
+/// Time a client has to send CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time owed receipts have to become durable at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A client that stops sending is declared dead after this many of its
+/// heart-beat intervals (STOMP 1.2 "Heart-beating": allow an error margin).
+const DEAD_PEER_INTERVALS: u32 = 2;
+/// "No deadline": far enough away, near enough not to overflow an Instant.
+const IDLE: Duration = Duration::from_secs(3600);
+
+/// Serves one STOMP connection until either side closes it.
+pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let settings = Arc::new(Settings::for_broker(&broker));
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut durable = broker.durable();
+    let mut codec = StompCodec::new(settings.limits);
+    let mut session = Session::new(broker, settings, peer, tx);
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    let mut wbuf = BytesMut::with_capacity(64 * 1024);
+    let mut writing = BytesMut::new();
+    let mut batch = Vec::with_capacity(EVENT_BATCH);
+    if let Some(d) = durable.as_mut() {
+        let at = *d.borrow_and_update();
+        session.set_durable(at, &mut wbuf);
+    }
+    let started = Instant::now();
+    let mut last_read = started;
+    let mut last_write = started;
+    let mut close_deadline: Option<Instant> = None;
+    let mut eof = false;
+
+    loop {
+        if writing.is_empty() && !wbuf.is_empty() {
+            std::mem::swap(&mut writing, &mut wbuf);
+            session.after_write();
+        }
+        if writing.is_empty() && (session.is_done() || eof) {
+            break;
+        }
+        let beat = session.heartbeat();
+        let can_read = !eof && session.is_reading() && wbuf.len() < WRITE_HIGH_WATER;
+        let idle_out = wbuf.is_empty() && writing.is_empty();
+        let now = Instant::now();
+        let deadline = if let Some(at) = close_deadline {
+            at
+        } else if !session.is_connected() {
+            started + CONNECT_TIMEOUT
+        } else {
+            // Only an idle output owes a heart-beat, and only a client we
+            // are reading from can be late with one.
+            let send = beat
+                .send
+                .filter(|_| idle_out)
+                .map_or(now + IDLE, |i| last_write + i);
+            let receive = beat
+                .receive
+                .filter(|_| can_read)
+                .map_or(now + IDLE, |i| last_read + i * DEAD_PEER_INTERVALS);
+            send.min(receive)
+        };
+        tokio::select! {
+            r = wr.write_buf(&mut writing), if !writing.is_empty() => {
+                match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => last_write = Instant::now(),
+                }
+            }
+            r = rd.read_buf(&mut rbuf), if can_read => {
+                // A read error ends the stream as EOF does.
+                let n: usize = r.unwrap_or_default();
+                if n > 0 {
+                    last_read = Instant::now();
+                }
+                loop {
+                    let decoded = if n == 0 {
+                        codec.decode_eof(&mut rbuf)
+                    } else {
+                        codec.decode(&mut rbuf)
+                    };
+                    match decoded {
+                        Ok(Some(Item::Frame(frame))) => {
+                            session.on_frame(frame, &mut wbuf);
+                            codec.set_version(session.version());
+                            if !session.is_reading() {
+                                break;
+                            }
+                        }
+                        Ok(Some(Item::Heartbeat)) => {}
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::info!(%peer, user = session.user_name(), vhost = session.vhost_name(),
+                                error = %e, "bad STOMP input");
+                            session.on_codec_error(&e, &mut wbuf);
+                            rbuf.clear();
+                            break;
+                        }
+                    }
+                }
+                if n == 0 {
+                    eof = true;
+                }
+            }
+            n = rx.recv_many(&mut batch, EVENT_BATCH) => {
+                if n == 0 { break; }
+                for event in batch.drain(..) {
+                    session.on_event(event, &mut wbuf);
+                }
+            }
+            r = async { durable.as_mut().expect("guarded by is_some").changed().await },
+                if durable.is_some() && session.awaits_durability() => {
+                match r {
+                    Ok(()) => {
+                        let at = *durable.as_mut().expect("guarded by is_some").borrow_and_update();
+                        session.set_durable(at, &mut wbuf);
+                    }
+                    // The journal stopped: no receipt can become durable.
+                    Err(_) => durable = None,
+                }
+            }
+            () = shutdown.cancelled(), if close_deadline.is_none() && !session.is_done() => {
+                session.shutdown(&mut wbuf);
+                close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+            }
+            () = sleep_until(deadline) => {
+                let now = Instant::now();
+                if let Some(at) = close_deadline {
+                    if now < at {
+                        continue;
+                    }
+                    if session.is_done() {
+                        // The client is not reading its ERROR: give up on it.
+                        break;
+                    }
+                    session.close_for_shutdown(&mut wbuf);
+                    close_deadline = Some(now + CLOSE_TIMEOUT);
+                    continue;
+                }
+                if !session.is_connected() {
+                    if now >= started + CONNECT_TIMEOUT {
+                        tracing::info!(%peer, "no CONNECT in time, closing");
+                        break;
+                    }
+                    continue;
+                }
+                if let Some(i) = beat.receive
+                    && can_read
+                    && now >= last_read + i * DEAD_PEER_INTERVALS
+                {
+                    tracing::info!(%peer, user = session.user_name(), vhost = session.vhost_name(),
+                        "missed heart-beats from client, closing");
+                    break;
+                }
+                if let Some(i) = beat.send
+                    && idle_out
+                    && now >= last_write + i
+                {
+                    // An EOL between frames is a heart-beat.
+                    wbuf.extend_from_slice(b"\n");
+                }
+            }
+        }
+    }
+    session.release();
+    // Deliveries sent before the consumers were cancelled go back to their
+    // queues rather than vanish with the channel.
+    rx.close();
+    let mut discard = BytesMut::new();
+    while let Ok(event) = rx.try_recv() {
+        session.on_event(event, &mut discard);
+        discard.clear();
+    }
+    let _ = wr.shutdown().await;
+}
