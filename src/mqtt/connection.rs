@@ -88,8 +88,9 @@ pub async fn serve<S>(
         }
         tokio::select! {
             r = wr.write_buf(&mut writing), if !writing.is_empty() => {
-                if matches!(r, Ok(0) | Err(_)) {
-                    break;
+                match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => session.sent(n),
                 }
                 if writing.is_empty() {
                     writing = BytesMut::new();
@@ -103,6 +104,7 @@ pub async fn serve<S>(
                     }
                     Ok(n) => n,
                 };
+                session.received(n);
                 read_size = if n >= READ_SMALL / 2 { READ_CHUNK } else { READ_SMALL };
                 last_read = Instant::now();
                 loop {

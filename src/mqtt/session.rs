@@ -30,9 +30,9 @@ use crate::core::exchange::{BindingSpec, Destination};
 use crate::core::queue::{ConsumerSpec, Queue, QueueSpec};
 use crate::core::retained::RETAINING_EXCHANGE;
 use crate::core::{
-    AuthError, Broker, ConnectionId, ConsumerId, ConsumerTag, Delivery, DeliveryId, Event,
-    EventSink, ExchangeName, Headers, Message, QueueName, RoutingKey, Settle, User, Users, VHost,
-    Value,
+    AuthError, Broker, ConnectionId, ConnectionInfo, ConsumerId, ConsumerTag, Delivery, DeliveryId,
+    Event, EventSink, ExchangeName, Headers, LaneInfo, Message, Protocol, QueueName, Registration,
+    RoutingKey, Settle, Stats, User, VHost, Value,
 };
 
 /// The reason given to a connection whose client id another one claimed.
@@ -205,6 +205,13 @@ pub struct Session {
     held_acks: VecDeque<(LogPosition, v5::Packet)>,
     /// The highest journal position known durable.
     durable: LogPosition,
+    /// The broker's counters.
+    stats: Arc<Stats>,
+    /// This connection's entry in the broker's connection registry, from
+    /// CONNACK until the connection is released.
+    registration: Option<Registration>,
+    /// Consumers last shown in the registry.
+    listed_consumers: usize,
 }
 
 type Outcome = Result<(), Disconnect>;
@@ -218,7 +225,6 @@ impl Session {
         events: EventSink,
     ) -> Self {
         Self {
-            broker,
             settings,
             peer,
             conn_id: ConnectionId(crate::core::next_id()),
@@ -248,6 +254,10 @@ impl Session {
             sent: HashMap::new(),
             held_acks: VecDeque::new(),
             durable: 0,
+            stats: broker.stats.clone(),
+            registration: None,
+            listed_consumers: 0,
+            broker,
         }
     }
 
@@ -414,7 +424,9 @@ impl Session {
                 format!("no vhost '{vhost}'"),
             )
         })?;
-        Users::check_vhost(&user, &vhost)
+        self.broker
+            .users
+            .check_access(&user.name, &vhost)
             .map_err(|e| (ConnectAckReason::NotAuthorized, e.to_string()))?;
         Ok((user, host))
     }
@@ -539,6 +551,7 @@ impl Session {
         };
         self.write(v5::Packet::ConnectAck(Box::new(ack)), out);
         self.stage = Stage::Open;
+        self.register();
         tracing::debug!(peer = %self.peer, client = %self.client_id, ?version, session_present, "MQTT client connected");
 
         // Finish what the last connection left half done.
@@ -562,6 +575,46 @@ impl Session {
         }
         self.sync_consumer();
         Ok(())
+    }
+
+    /// Lists the connection in the broker's registry, with its one lane.
+    fn register(&mut self) {
+        let (Some(user), Some(vhost)) = (&self.user, &self.vhost) else {
+            return;
+        };
+        let registration = self.broker.connections.register(
+            ConnectionInfo {
+                id: self.conn_id,
+                protocol: Protocol::Mqtt,
+                peer: self.peer,
+                user: user.name.clone(),
+                vhost: vhost.name().clone(),
+                client_name: Some(self.client_id.to_string()),
+                client_product: None,
+                connected_at_ms: crate::core::connections::now_ms(),
+            },
+            self.events.clone(),
+        );
+        registration.set_lane(LaneInfo {
+            number: 1,
+            ..LaneInfo::default()
+        });
+        self.registration = Some(registration);
+        self.listed_consumers = 0;
+    }
+
+    /// Counts bytes read from the client.
+    pub fn received(&self, n: usize) {
+        if let Some(r) = &self.registration {
+            r.received(n);
+        }
+    }
+
+    /// Counts bytes written to the client.
+    pub fn sent(&self, n: usize) {
+        if let Some(r) = &self.registration {
+            r.sent(n);
+        }
     }
 
     /// Deletes a session queue left by a session that is not being resumed,
@@ -639,6 +692,7 @@ impl Session {
             P::Publish(p) => self.on_publish(*p, out),
             P::PublishAck(a) => {
                 if let Some(o) = self.outbound.remove(&a.packet_id.get()) {
+                    self.stats.protocol(Protocol::Mqtt).acknowledged.inc();
                     if let Some((q, id)) = o.settle {
                         self.settles.push((q, id, Settle::Ack));
                     }
@@ -649,6 +703,7 @@ impl Session {
             P::PublishReceived(a) => {
                 let id = a.packet_id.get();
                 if let Some(o) = self.outbound.remove(&id) {
+                    self.stats.protocol(Protocol::Mqtt).acknowledged.inc();
                     if let Some((q, did)) = o.settle {
                         self.settles.push((q, did, Settle::Ack));
                     }
@@ -779,9 +834,17 @@ impl Session {
         .with_origin(self.client_id.clone());
         let vhost = self.vhost.clone().expect("open sessions have a vhost");
         let mut durable_at = None;
+        let mqtt = self.stats.protocol(Protocol::Mqtt);
+        mqtt.published.inc();
         let reason = match vhost.publish(message) {
             Ok(o) if o.rejected => PublishAckReason::QuotaExceeded,
             Ok(o) => {
+                if o.queues == 0 {
+                    mqtt.unroutable.inc();
+                }
+                if packet_id.is_some() {
+                    mqtt.confirmed.inc();
+                }
                 durable_at = o.durable_at;
                 if o.queues == 0 && v5 {
                     PublishAckReason::NoMatchingSubscribers
@@ -1246,6 +1309,11 @@ impl Session {
             }
             return;
         }
+        let mqtt = self.stats.protocol(Protocol::Mqtt);
+        mqtt.delivered.inc();
+        if p.dup {
+            mqtt.redelivered.inc();
+        }
         let full_topic = topic::key_to_topic(p.message.routing_key().as_str());
         let mut topic = ByteString::from(full_topic.as_str());
         let mut new_alias = None;
@@ -1314,6 +1382,16 @@ impl Session {
     /// Settles what this round of packets and events decided, one queue
     /// lock per queue.
     pub fn end_of_batch(&mut self) {
+        if let Some(r) = &self.registration
+            && self.consumers.len() != self.listed_consumers
+        {
+            self.listed_consumers = self.consumers.len();
+            r.set_lane(LaneInfo {
+                number: 1,
+                consumers: self.listed_consumers as u32,
+                ..LaneInfo::default()
+            });
+        }
         if self.settles.is_empty() {
             return;
         }
@@ -1339,6 +1417,7 @@ impl Session {
     /// do: the will and the session's expiry. Safe to call more than once.
     pub fn release(&mut self) -> Farewell {
         self.stage = Stage::Done;
+        self.registration = None;
         let Some(vhost) = self.vhost.take() else {
             return Farewell::default();
         };
@@ -1534,7 +1613,7 @@ pub fn publish_will(vhost: &VHost, will: &Will) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{Limits, NoLog};
+    use crate::core::{Limits, NoLog, Users};
     use tokio::sync::mpsc;
     use tokio_util::codec::Decoder as _;
 
