@@ -189,6 +189,7 @@ where
         }
     }
     session.release();
+    session.give_back_unwritten();
     // Deliveries sent before the consumers were cancelled go back to their
     // queues rather than vanish with the channel.
     rx.close();

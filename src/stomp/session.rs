@@ -20,7 +20,8 @@ use super::subscription::{Outstanding, Subscription, TempQueue};
 use crate::core::change::LogPosition;
 use crate::core::queue::Queue;
 use crate::core::{
-    Broker, ConnectionId, ConsumerId, Event, EventSink, Message, Settle, User, Users, VHost,
+    Broker, ConnectionId, ConsumerId, DeliveryId, Event, EventSink, Message, Settle, User, Users,
+    VHost,
 };
 
 /// Heart-beat intervals below this are raised to it, so that a client
@@ -141,7 +142,16 @@ pub struct Session {
     durable: LogPosition,
     /// Deliveries written this round, reported to their queues after the
     /// write so their send windows reopen.
-    sent: HashMap<ConsumerId, (Arc<Queue>, u32)>,
+    sent: HashMap<ConsumerId, Sent>,
+}
+
+/// Deliveries written for one consumer since the last socket write.
+#[derive(Debug)]
+struct Sent {
+    queue: Arc<Queue>,
+    n: u32,
+    /// Auto-ack deliveries among them, settled by the write.
+    settled: Vec<DeliveryId>,
 }
 
 /// What a frame handler asks of the receipt, if the frame wants one.
@@ -619,11 +629,19 @@ impl Session {
     pub fn on_event(&mut self, event: Event, out: &mut BytesMut) {
         match event {
             Event::Deliver(d) => {
-                let (consumer, queue) = (d.consumer, d.queue.clone());
+                let (consumer, queue, id) = (d.consumer, d.queue.clone(), d.id);
                 // After release there is no subscription: `deliver` gives
                 // the message back instead of writing it.
-                if self.deliver(d, out) {
-                    self.sent.entry(consumer).or_insert_with(|| (queue, 0)).1 += 1;
+                if let Some(auto) = self.deliver(d, out) {
+                    let sent = self.sent.entry(consumer).or_insert_with(|| Sent {
+                        queue,
+                        n: 0,
+                        settled: Vec::new(),
+                    });
+                    sent.n += 1;
+                    if auto {
+                        sent.settled.push(id);
+                    }
                 }
             }
             Event::ConsumerCancelled(id) => self.server_cancelled(id, out),
@@ -633,12 +651,33 @@ impl Session {
         }
     }
 
-    /// After the output reached the socket: reopen the consumers' send windows.
+    /// After the output reached the socket: reopen the consumers' send
+    /// windows and settle the auto-ack deliveries written.
     pub fn after_write(&mut self) {
-        for (consumer, (queue, n)) in self.sent.drain() {
-            let after = queue.sent(consumer, n);
+        for (consumer, sent) in self.sent.drain() {
+            let mut after = sent.queue.sent(consumer, sent.n);
+            if !sent.settled.is_empty() {
+                let more = sent.queue.written(&sent.settled);
+                after.dead.extend(more.dead);
+                after.delete_queue |= more.delete_queue;
+            }
             if let Some(v) = &self.vhost {
-                v.settle_aftermath(&queue, after);
+                v.settle_aftermath(&sent.queue, after);
+            }
+        }
+    }
+
+    /// The connection ended before the output was written: the auto-ack
+    /// deliveries in it go back to their queues (after `release`, so not
+    /// to this connection's consumers).
+    pub fn give_back_unwritten(&mut self) {
+        for (_, sent) in self.sent.drain() {
+            if sent.settled.is_empty() {
+                continue;
+            }
+            let after = sent.queue.settle(&sent.settled, Settle::Requeue);
+            if let Some(v) = &self.vhost {
+                v.settle_aftermath(&sent.queue, after);
             }
         }
     }

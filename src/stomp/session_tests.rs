@@ -706,3 +706,33 @@ fn shutdown_waits_for_owed_receipts_then_says_error() {
     assert_eq!(header(&got[1], "message"), "Server shutdown");
     assert!(h.session.is_done());
 }
+
+#[test]
+fn an_auto_ack_message_in_flight_at_unsubscribe_goes_back_to_its_queue() {
+    let mut h = harness();
+    h.connect("1.2");
+    h.send(frame(
+        Command::Subscribe,
+        &[("destination", "/queue/flight"), ("id", "f")],
+    ));
+    h.send(frame(Command::Send, &[("destination", "/queue/flight")]).with_body("in flight"));
+    assert_eq!(
+        queue_counts(&h, "flight"),
+        (0, 1),
+        "handed out, not yet written"
+    );
+    h.send(frame(Command::Unsubscribe, &[("id", "f")]));
+    assert!(h.pump().is_empty(), "not written after UNSUBSCRIBE");
+    assert_eq!(
+        queue_counts(&h, "flight"),
+        (1, 0),
+        "back in the queue, not lost"
+    );
+
+    h.send(frame(
+        Command::Subscribe,
+        &[("destination", "/queue/flight"), ("id", "g")],
+    ));
+    assert_eq!(h.pump().len(), 1);
+    assert_eq!(queue_counts(&h, "flight"), (0, 0), "settled once written");
+}

@@ -276,7 +276,9 @@ impl Session {
             id: consumer,
             tag: ConsumerTag::from(sub.key.as_str()),
             manual_ack: sub.ack != AckMode::Auto,
-            settle_on_write: false,
+            // An auto-ack delivery still in flight when the subscription
+            // ends goes back to the queue rather than being lost.
+            settle_on_write: sub.ack == AckMode::Auto,
             prefetch,
             priority,
             exclusive,
@@ -565,15 +567,16 @@ impl Session {
         }
     }
 
-    /// Writes one delivery as MESSAGE; false if its subscription is gone
-    /// (the delivery is then given back).
-    pub(super) fn deliver(&mut self, d: Delivery, out: &mut BytesMut) -> bool {
+    /// Writes one delivery as MESSAGE. `None` if its subscription is gone
+    /// (the delivery is then given back); else whether it was an auto-ack
+    /// delivery, which the write settles.
+    pub(super) fn deliver(&mut self, d: Delivery, out: &mut BytesMut) -> Option<bool> {
         let Some(sub) = self.subs.get(&d.consumer) else {
             let after = d.queue.settle(&[d.id], Settle::Requeue);
             if let Some(v) = &self.vhost {
                 v.settle_aftermath(&d.queue, after);
             }
-            return false;
+            return None;
         };
         let tag = self.next_tag;
         self.next_tag += 1;
@@ -610,7 +613,7 @@ impl Session {
                 },
             );
         }
-        true
+        Some(!manual)
     }
 
     /// The broker ended a subscription (its queue was deleted). As
