@@ -202,32 +202,37 @@ impl Server {
         let amqp = bind("AMQP", &config.amqp).await?;
         let amqp_addr = amqp.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = amqp {
-            tracker.spawn(accept_amqp(
+            let (b, s) = (broker.clone(), shutdown.clone());
+            tracker.spawn(accept(
                 listener,
-                broker.clone(),
                 shutdown.clone(),
                 tracker.clone(),
+                move |socket, peer| crate::amqp::serve(socket, peer, b.clone(), s.clone()),
             ));
         }
         let mqtt = bind("MQTT", &config.mqtt).await?;
         let mqtt_addr = mqtt.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = mqtt {
-            tracker.spawn(accept_mqtt(
+            let (b, s) = (broker.clone(), shutdown.clone());
+            let settings = Arc::new(mqtt_settings(config));
+            tracker.spawn(accept(
                 listener,
-                broker.clone(),
-                Arc::new(mqtt_settings(config)),
                 shutdown.clone(),
                 tracker.clone(),
+                move |socket, peer| {
+                    crate::mqtt::serve(socket, peer, b.clone(), settings.clone(), s.clone())
+                },
             ));
         }
         let stomp = bind("STOMP", &config.stomp).await?;
         let stomp_addr = stomp.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = stomp {
-            tracker.spawn(accept_stomp(
+            let (b, s) = (broker.clone(), shutdown.clone());
+            tracker.spawn(accept(
                 listener,
-                broker.clone(),
                 shutdown.clone(),
                 tracker.clone(),
+                move |socket, peer| crate::stomp::serve(socket, peer, b.clone(), s.clone()),
             ));
         }
         let http = bind("HTTP", &config.http).await?;
@@ -303,12 +308,16 @@ async fn metrics_upkeep(metrics: Arc<Metrics>, shutdown: CancellationToken) {
     }
 }
 
-async fn accept_amqp(
+/// Accepts connections until shutdown and serves each on its own task.
+async fn accept<F, Fut>(
     listener: TcpListener,
-    broker: Arc<Broker>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-) {
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -317,12 +326,7 @@ async fn accept_amqp(
         match accepted {
             Ok((socket, peer)) => {
                 let _ = socket.set_nodelay(true);
-                tracker.spawn(crate::amqp::serve(
-                    socket,
-                    peer,
-                    broker.clone(),
-                    shutdown.clone(),
-                ));
+                tracker.spawn(serve(socket, peer));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -353,65 +357,3 @@ fn mqtt_settings(config: &Config) -> crate::mqtt::Settings {
 
 /// The largest remaining length MQTT's variable-length integer can say.
 const MQTT_MAX_REMAINING_LENGTH: u32 = 268_435_455;
-
-async fn accept_mqtt(
-    listener: TcpListener,
-    broker: Arc<Broker>,
-    settings: Arc<crate::mqtt::Settings>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            () = shutdown.cancelled() => return,
-        };
-        match accepted {
-            Ok((socket, peer)) => {
-                let _ = socket.set_nodelay(true);
-                tracker.spawn(crate::mqtt::serve(
-                    socket,
-                    peer,
-                    broker.clone(),
-                    settings.clone(),
-                    shutdown.clone(),
-                ));
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn accept_stomp(
-    listener: TcpListener,
-    broker: Arc<Broker>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            () = shutdown.cancelled() => return,
-        };
-        match accepted {
-            Ok((socket, peer)) => {
-                let _ = socket.set_nodelay(true);
-                tracker.spawn(crate::stomp::serve(
-                    socket,
-                    peer,
-                    broker.clone(),
-                    shutdown.clone(),
-                ));
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
