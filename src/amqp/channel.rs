@@ -1326,7 +1326,7 @@ impl Session {
         // consumer and takes its messages with it, as in RabbitMQ.
         let held: Vec<Delivery> = held.into_iter().collect();
         for s in subs {
-            vhost.cancel(&s.queue, s.id);
+            vhost.cancel_and_requeue(&s.queue, s.id);
         }
         self.settle_outstanding(unacked, Settle::Requeue);
         for d in held {

@@ -897,10 +897,44 @@ impl Queue {
     /// Detaches a consumer. Its unsettled deliveries stay with its owner
     /// until settled or the owner goes.
     pub fn cancel(&self, id: ConsumerId) -> Aftermath {
+        self.detach(id, false)
+    }
+
+    /// Detaches a consumer whose owner is going away and puts back every
+    /// delivery still outstanding to it, including those not yet written
+    /// to its socket, so they are ready again before the owner is told
+    /// the channel or connection is closed.
+    pub fn cancel_and_requeue(&self, id: ConsumerId) -> Aftermath {
+        self.detach(id, true)
+    }
+
+    fn detach(&self, id: ConsumerId, requeue: bool) -> Aftermath {
         let mut st = self.lock();
         let mut after = Aftermath::default();
         let before = st.consumers.len();
         st.consumers.retain(|c| c.spec.id != id);
+        if requeue && !st.deleted {
+            let ids: Vec<DeliveryId> = st
+                .unacked
+                .iter()
+                .filter(|(_, u)| u.consumer == Some(id))
+                .map(|(k, _)| *k)
+                .collect();
+            for i in ids {
+                if let Some(u) = st.unacked.remove(&i) {
+                    if let Some(shared) = &u.credit {
+                        let _ =
+                            shared
+                                .used
+                                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                                    Some(v.saturating_sub(1))
+                                });
+                    }
+                    st.ready_bytes += u64::from(u.entry.size);
+                    st.ready.insert(u.key, u.entry);
+                }
+            }
+        }
         if st.consumers.len() != before {
             st.last_used = Instant::now();
             if st.consumers.is_empty() && self.spec.auto_delete && st.had_consumers {

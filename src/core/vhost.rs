@@ -799,6 +799,13 @@ impl VHost {
         self.settle_aftermath(queue, after);
     }
 
+    /// Detaches a consumer whose channel or connection is closing and
+    /// requeues everything still outstanding to it.
+    pub fn cancel_and_requeue(&self, queue: &Arc<Queue>, consumer: ConsumerId) {
+        let after = queue.cancel_and_requeue(consumer);
+        self.settle_aftermath(queue, after);
+    }
+
     /// Deletes the exclusive queues a closed connection owned.
     pub fn connection_closed(&self, conn: ConnectionId) {
         let owned: Vec<Arc<Queue>> = self
