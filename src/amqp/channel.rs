@@ -254,6 +254,21 @@ fn write_content(
     FrameWriter::body(out, ch, message.body(), frame_max);
 }
 
+/// A binding as the core sees it, from a bind or unbind method's fields.
+fn binding(
+    source: &amq_protocol::types::ShortString,
+    destination: Destination,
+    key: &amq_protocol::types::ShortString,
+    arguments: &amq_protocol::types::FieldTable,
+) -> BindingSpec {
+    BindingSpec {
+        source: source.as_str().into(),
+        destination,
+        key: key.as_str().into(),
+        arguments: headers_from_table(arguments),
+    }
+}
+
 fn random_tag(prefix: &str) -> String {
     use rand::Rng;
     let n: u128 = rand::rng().random();
@@ -500,12 +515,12 @@ impl Session {
             exchange::AMQPMethod::Bind(b) => {
                 self.authorize(Access::Write, "exchange", b.destination.as_str())?;
                 self.authorize(Access::Read, "exchange", b.source.as_str())?;
-                let spec = BindingSpec {
-                    source: b.source.as_str().into(),
-                    destination: Destination::Exchange(b.destination.as_str().into()),
-                    key: b.routing_key.as_str().into(),
-                    arguments: headers_from_table(&b.arguments),
-                };
+                let spec = binding(
+                    &b.source,
+                    Destination::Exchange(b.destination.as_str().into()),
+                    &b.routing_key,
+                    &b.arguments,
+                );
                 vhost.bind(spec, Some(self.conn_id)).map_err(core)?;
                 if !b.nowait {
                     self.ok(
@@ -518,12 +533,12 @@ impl Session {
             exchange::AMQPMethod::Unbind(b) => {
                 self.authorize(Access::Write, "exchange", b.destination.as_str())?;
                 self.authorize(Access::Read, "exchange", b.source.as_str())?;
-                let spec = BindingSpec {
-                    source: b.source.as_str().into(),
-                    destination: Destination::Exchange(b.destination.as_str().into()),
-                    key: b.routing_key.as_str().into(),
-                    arguments: headers_from_table(&b.arguments),
-                };
+                let spec = binding(
+                    &b.source,
+                    Destination::Exchange(b.destination.as_str().into()),
+                    &b.routing_key,
+                    &b.arguments,
+                );
                 vhost.unbind(&spec, Some(self.conn_id)).map_err(core)?;
                 if !b.nowait {
                     self.ok(
@@ -601,12 +616,12 @@ impl Session {
                 let q = self.queue_name(ch, b.queue.as_str())?;
                 self.authorize(Access::Write, "queue", q.as_str())?;
                 self.authorize(Access::Read, "exchange", b.exchange.as_str())?;
-                let spec = BindingSpec {
-                    source: b.exchange.as_str().into(),
-                    destination: Destination::Queue(q),
-                    key: b.routing_key.as_str().into(),
-                    arguments: headers_from_table(&b.arguments),
-                };
+                let spec = binding(
+                    &b.exchange,
+                    Destination::Queue(q),
+                    &b.routing_key,
+                    &b.arguments,
+                );
                 vhost.bind(spec, conn).map_err(core)?;
                 if !b.nowait {
                     self.ok(
@@ -620,12 +635,12 @@ impl Session {
                 let q = self.queue_name(ch, b.queue.as_str())?;
                 self.authorize(Access::Write, "queue", q.as_str())?;
                 self.authorize(Access::Read, "exchange", b.exchange.as_str())?;
-                let spec = BindingSpec {
-                    source: b.exchange.as_str().into(),
-                    destination: Destination::Queue(q),
-                    key: b.routing_key.as_str().into(),
-                    arguments: headers_from_table(&b.arguments),
-                };
+                let spec = binding(
+                    &b.exchange,
+                    Destination::Queue(q),
+                    &b.routing_key,
+                    &b.arguments,
+                );
                 vhost.unbind(&spec, conn).map_err(core)?;
                 self.ok(
                     out,
