@@ -18,7 +18,7 @@ use crate::core::change::LogPosition;
 use crate::core::queue::Queue;
 use crate::core::{
     Access, Broker, ConnectionId, ConnectionInfo, ConsumerId, DeliveryId, Event, EventSink,
-    ExchangeName, Protocol, Registration, Settle, Stats, User, VHost,
+    Protocol, Registration, Settle, Stats, User, VHost, WriteCache,
 };
 
 /// The largest frame this server accepts or sends, and offers in tune.
@@ -99,7 +99,7 @@ pub struct Session {
     client_product: Option<String>,
     /// Exchanges this user may publish to, valid while the user table's
     /// generation is unchanged.
-    write_allowed: (u64, HashMap<ExchangeName, bool>),
+    write_allowed: WriteCache,
 }
 
 impl Session {
@@ -130,7 +130,7 @@ impl Session {
             registration: None,
             client_name: None,
             client_product: None,
-            write_allowed: (0, HashMap::new()),
+            write_allowed: WriteCache::default(),
             broker,
         }
     }
@@ -205,18 +205,8 @@ impl Session {
         };
         let users = &self.broker.users;
         let allowed = if access == Access::Write && kind == "exchange" {
-            let generation = users.generation();
-            if self.write_allowed.0 != generation {
-                self.write_allowed = (generation, HashMap::new());
-            }
-            match self.write_allowed.1.get(name) {
-                Some(allowed) => *allowed,
-                None => {
-                    let allowed = users.allows(&user.name, vhost.name().as_str(), access, name);
-                    self.write_allowed.1.insert(name.into(), allowed);
-                    allowed
-                }
-            }
+            self.write_allowed
+                .allows(users, &user.name, vhost.name().as_str(), name)
         } else {
             users.allows(&user.name, vhost.name().as_str(), access, name)
         };

@@ -22,7 +22,7 @@ pub mod vhost;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-pub use auth::{Access, AuthError, Permission, User, Users};
+pub use auth::{Access, AuthError, Permission, User, Users, WriteCache};
 pub use change::{Change, ChangeLog, NoLog};
 pub use connections::{ConnectionInfo, Connections, LaneInfo, Protocol, Registration};
 pub use delivery::{Delivery, Event, EventSink, Settle};

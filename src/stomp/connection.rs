@@ -90,7 +90,10 @@ where
             r = wr.write_buf(&mut writing), if !writing.is_empty() => {
                 match r {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => last_write = Instant::now(),
+                    Ok(n) => {
+                        last_write = Instant::now();
+                        session.sent(n);
+                    }
                 }
             }
             r = rd.read_buf(&mut rbuf), if can_read => {
@@ -98,6 +101,7 @@ where
                 let n: usize = r.unwrap_or_default();
                 if n > 0 {
                     last_read = Instant::now();
+                    session.received(n);
                 }
                 loop {
                     let decoded = if n == 0 {

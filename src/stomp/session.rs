@@ -20,8 +20,8 @@ use super::subscription::{Outstanding, Subscription, TempQueue};
 use crate::core::change::LogPosition;
 use crate::core::queue::Queue;
 use crate::core::{
-    Broker, ConnectionId, ConsumerId, DeliveryId, Event, EventSink, Message, Settle, User, Users,
-    VHost,
+    Access, Broker, ConnectionId, ConnectionInfo, ConsumerId, DeliveryId, Event, EventSink,
+    LaneInfo, Message, Protocol, Registration, Settle, User, VHost, WriteCache,
 };
 
 /// Heart-beat intervals below this are raised to it, so that a client
@@ -143,6 +143,11 @@ pub struct Session {
     /// Deliveries written this round, reported to their queues after the
     /// write so their send windows reopen.
     sent: HashMap<ConsumerId, Sent>,
+    /// The connection's entry in the broker's registry, once logged in.
+    registration: Option<Registration>,
+    /// Subscriptions last reported to the registry.
+    listed_subs: usize,
+    write_allowed: WriteCache,
 }
 
 /// Deliveries written for one consumer since the last socket write.
@@ -190,6 +195,9 @@ impl Session {
             receipts: VecDeque::new(),
             durable: 0,
             sent: HashMap::new(),
+            registration: None,
+            listed_subs: 0,
+            write_allowed: WriteCache::default(),
         }
     }
 
@@ -302,6 +310,7 @@ impl Session {
             }
             Err(e) => self.fail(&e, receipt.as_deref(), out),
         }
+        self.update_listing();
     }
 
     /// Reports input the codec refused: the stream cannot be trusted further.
@@ -392,7 +401,12 @@ impl Session {
                     ),
                 )
             })?;
-        Users::check_vhost(&user, vhost.name().as_str()).map_err(|e| StompError::from(&e))?;
+        // The runtime permission table decides, as for AMQP and MQTT: a
+        // user granted nothing in the vhost may not open it.
+        self.broker
+            .users
+            .check_access(&user.name, vhost.name().as_str())
+            .map_err(|e| StompError::from(&e))?;
         self.client_id = frame.header("client-id").unwrap_or_default().to_owned();
         let (sx, sy) = (clamp_heartbeat(cy), clamp_heartbeat(cx));
         self.heartbeat = Heartbeat {
@@ -408,7 +422,97 @@ impl Session {
         self.user = Some(user);
         self.vhost = Some(vhost);
         self.stage = Stage::Open;
+        self.register(frame.header("client-id"), frame.header("host"));
         Ok(())
+    }
+
+    /// Lists the connection in the broker's registry, where the management
+    /// API and the metrics see it and an operator can close it.
+    fn register(&mut self, client_id: Option<&str>, host: Option<&str>) {
+        let (Some(user), Some(vhost)) = (&self.user, &self.vhost) else {
+            return;
+        };
+        let registration = self.broker.connections.register(
+            ConnectionInfo {
+                id: self.conn_id,
+                protocol: Protocol::Stomp,
+                peer: self.peer,
+                user: user.name.clone(),
+                vhost: vhost.name().clone(),
+                client_name: client_id.or(host).map(str::to_owned),
+                client_product: None,
+                connected_at_ms: crate::core::connections::now_ms(),
+            },
+            self.events.clone(),
+        );
+        registration.set_lane(LaneInfo {
+            number: 1,
+            ..LaneInfo::default()
+        });
+        self.registration = Some(registration);
+        self.listed_subs = 0;
+    }
+
+    /// Keeps the registry's subscription count current.
+    fn update_listing(&mut self) {
+        if let Some(r) = &self.registration
+            && self.subs.len() != self.listed_subs
+        {
+            self.listed_subs = self.subs.len();
+            r.set_lane(LaneInfo {
+                number: 1,
+                consumers: self.listed_subs as u32,
+                ..LaneInfo::default()
+            });
+        }
+    }
+
+    /// Counts bytes read from the client.
+    pub fn received(&self, n: usize) {
+        if let Some(r) = &self.registration {
+            r.received(n);
+        }
+    }
+
+    /// Counts bytes written to the client.
+    pub fn sent(&self, n: usize) {
+        if let Some(r) = &self.registration {
+            r.sent(n);
+        }
+    }
+
+    /// Refuses unless the user may do `access` to the named resource in
+    /// this vhost (RabbitMQ's permission model, which its STOMP adapter
+    /// applies too).
+    pub(super) fn authorize(
+        &mut self,
+        access: Access,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), StompError> {
+        let (Some(user), Some(vhost)) = (&self.user, &self.vhost) else {
+            return Ok(());
+        };
+        let users = &self.broker.users;
+        let allowed = if access == Access::Write && kind == "exchange" {
+            self.write_allowed
+                .allows(users, &user.name, vhost.name().as_str(), name)
+        } else {
+            users.allows(&user.name, vhost.name().as_str(), access, name)
+        };
+        if allowed {
+            return Ok(());
+        }
+        let shown = if name.is_empty() { "amq.default" } else { name };
+        Err(StompError::new(
+            "access_refused",
+            format!(
+                "{} access to {kind} '{shown}' in vhost '{}' refused for user '{}'",
+                access.as_str(),
+                vhost.name(),
+                user.name
+            ),
+        ))
     }
 
     fn on_send(&mut self, frame: &Frame, receipted: bool) -> Handled {
@@ -460,6 +564,7 @@ impl Session {
                 (x.to_owned(), k.to_owned())
             }
         };
+        self.authorize(Access::Write, "exchange", &exchange)?;
         let message = Message::new(exchange.into(), key.into(), props, frame.body.clone());
         if let Some(tx) = frame.header("transaction") {
             let t = self.transaction(tx)?;

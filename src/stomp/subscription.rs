@@ -25,7 +25,7 @@ use super::session::{Session, TxOp, parse_bool};
 use crate::core::exchange::{BindingSpec, Destination as BindingTarget};
 use crate::core::queue::{ConsumerSpec, Queue, QueueSpec};
 use crate::core::{
-    ConsumerId, ConsumerTag, CoreError, Delivery, DeliveryId, Headers, Settle, Value,
+    Access, ConsumerId, ConsumerTag, CoreError, Delivery, DeliveryId, Headers, Settle, Value,
 };
 
 /// How a subscription's messages are acknowledged.
@@ -231,8 +231,14 @@ impl Session {
             Some(v) => parse_bool("activemq.exclusive", v)?,
         };
         let (queue, fixed_destination, durable) = match &dest {
-            Destination::Queue(name) => (self.ensure_queue(name, frame)?, None, false),
-            Destination::AmqQueue(name) => (self.vhost().existing_queue(name)?, None, false),
+            Destination::Queue(name) => {
+                self.authorize(Access::Read, "queue", name)?;
+                (self.ensure_queue(name, frame)?, None, false)
+            }
+            Destination::AmqQueue(name) => {
+                self.authorize(Access::Read, "queue", name)?;
+                (self.vhost().existing_queue(name)?, None, false)
+            }
             Destination::TempQueue(name) => {
                 let queue = self.temp_queue(name, false)?;
                 if let Some(t) = self.temp_queues.get_mut(name) {
@@ -314,6 +320,7 @@ impl Session {
         {
             return Ok(q);
         }
+        self.authorize(Access::Configure, "queue", name)?;
         vhost.declare_queue(
             QueueSpec {
                 name: name.into(),
@@ -371,6 +378,14 @@ impl Session {
             }
             (None, false, _) => String::new(),
         };
+        self.authorize(Access::Read, "exchange", exchange)?;
+        // A server-named queue is this subscription's own; a named one
+        // may be shared or pre-declared, so it needs the user's rights.
+        if !name.is_empty() {
+            self.authorize(Access::Configure, "queue", &name)?;
+            self.authorize(Access::Write, "queue", &name)?;
+            self.authorize(Access::Read, "queue", &name)?;
+        }
         let mut params = queue_params(frame, durable, !durable, !durable)?;
         params.durable = durable;
         let declared = vhost.declare_queue(
