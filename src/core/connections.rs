@@ -256,7 +256,6 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::mpsc;
 
     fn info(id: u64) -> ConnectionInfo {
         ConnectionInfo {
@@ -274,7 +273,7 @@ mod tests {
     #[test]
     fn registration_lists_until_dropped_and_close_reaches_the_connection() {
         let registry = Connections::default();
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = crate::core::event_channel::channel();
         let reg = registry.register(info(1), tx);
         reg.set_lane(LaneInfo {
             number: 1,

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-
 use super::message::Message;
 use super::names::{ConsumerId, DeliveryId};
 use super::queue::Queue;
@@ -40,7 +38,7 @@ pub enum Event {
 /// The sending half of a connection's event channel. Unbounded on purpose:
 /// queues send under their lock and must not wait, and every producer of
 /// events is bounded by credit (prefetch and the send window in queue.rs).
-pub type EventSink = mpsc::UnboundedSender<Event>;
+pub use super::event_channel::EventSink;
 
 /// How a consumer settles a delivery it was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

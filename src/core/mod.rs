@@ -9,6 +9,7 @@ pub mod change;
 pub mod connections;
 pub mod delivery;
 pub mod error;
+pub mod event_channel;
 pub mod exchange;
 pub mod message;
 pub mod names;

@@ -1301,7 +1301,6 @@ mod tests {
     use crate::core::message::Properties;
     use crate::core::names::next_id;
     use bytes::Bytes;
-    use tokio::sync::mpsc;
 
     fn queue(args: &[(&str, Value)]) -> Arc<Queue> {
         let arguments: Headers = args
@@ -1334,8 +1333,11 @@ mod tests {
         )
     }
 
-    fn consumer(prefetch: u32, priority: i32) -> (ConsumerSpec, mpsc::UnboundedReceiver<Event>) {
-        let (sink, rx) = mpsc::unbounded_channel();
+    fn consumer(
+        prefetch: u32,
+        priority: i32,
+    ) -> (ConsumerSpec, crate::core::event_channel::EventStream) {
+        let (sink, rx) = crate::core::event_channel::channel();
         let spec = ConsumerSpec {
             id: ConsumerId(next_id()),
             tag: "c".into(),
@@ -1351,7 +1353,7 @@ mod tests {
         (spec, rx)
     }
 
-    fn drain(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<Delivery> {
+    fn drain(rx: &mut crate::core::event_channel::EventStream) -> Vec<Delivery> {
         let mut out = Vec::new();
         while let Ok(Event::Deliver(d)) = rx.try_recv() {
             out.push(d);

@@ -186,7 +186,6 @@ impl SessionRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::mpsc;
 
     fn fresh(n: u32) -> impl FnOnce() -> SessionState {
         move || Arc::new(n)
@@ -195,8 +194,8 @@ mod tests {
     #[test]
     fn a_second_claim_displaces_the_first_and_parked_state_resumes() {
         let reg = SessionRegistry::default();
-        let (tx1, mut rx1) = mpsc::unbounded_channel();
-        let (tx2, _rx2) = mpsc::unbounded_channel();
+        let (tx1, mut rx1) = crate::core::event_channel::channel();
+        let (tx2, _rx2) = crate::core::event_channel::channel();
         let a = reg.claim("c", ConnectionId(1), tx1, true, "taken over", fresh(1));
         assert!(!a.resumed);
         assert_eq!(a.displaced, None);

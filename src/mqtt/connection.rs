@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rmqtt_codec::v5::DisconnectReasonCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +26,7 @@ const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
 const READ_CHUNK: usize = 8 * 1024;
 /// Bytes made room for while it sends little (pings, small publishes):
 /// an idle connection waits on a buffer this small.
-const READ_SMALL: usize = 512;
+const READ_SMALL: usize = 64;
 /// Buffers larger than this are let go once drained, so an idle
 /// connection holds almost no memory (thousands of idle devices are the
 /// common case for MQTT).
@@ -46,7 +45,7 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = crate::core::event_channel::channel();
     let mut durable = broker.durable();
     let mut decoder = Decoder::new(settings.max_packet);
     let mut session = Session::new(broker, settings, peer, tx);

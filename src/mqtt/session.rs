@@ -1614,7 +1614,6 @@ pub fn publish_will(vhost: &VHost, will: &Will) {
 mod tests {
     use super::*;
     use crate::core::{Limits, NoLog, Users};
-    use tokio::sync::mpsc;
     use tokio_util::codec::Decoder as _;
 
     fn broker() -> Arc<Broker> {
@@ -1634,14 +1633,14 @@ mod tests {
 
     struct Peer {
         session: Session,
-        events: mpsc::UnboundedReceiver<Event>,
+        events: crate::core::event_channel::EventStream,
         out: BytesMut,
         client: v5::Codec,
     }
 
     impl Peer {
         fn new(broker: &Arc<Broker>, settings: Settings) -> Self {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = crate::core::event_channel::channel();
             Self {
                 session: Session::new(
                     broker.clone(),

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +38,7 @@ where
 {
     let settings = Arc::new(Settings::for_broker(&broker));
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = crate::core::event_channel::channel();
     let mut durable = broker.durable();
     let mut codec = StompCodec::new(settings.limits);
     let mut session = Session::new(broker, settings, peer, tx);

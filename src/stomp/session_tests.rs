@@ -3,7 +3,6 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
 use super::*;
@@ -37,7 +36,7 @@ impl ChangeLog for Positions {
 
 struct Harness {
     session: Session,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: crate::core::event_channel::EventStream,
     client: StompCodec,
 }
 
@@ -54,7 +53,7 @@ fn users() -> crate::core::Users {
 fn harness_with(log: Arc<dyn ChangeLog>, peer: &str) -> Harness {
     let broker = Broker::new(&["/", "other"], users(), Limits::default(), log);
     let settings = Arc::new(Settings::for_broker(&broker));
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = crate::core::event_channel::channel();
     Harness {
         session: Session::new(broker, settings, peer.parse().unwrap(), tx),
         events: rx,
