@@ -45,6 +45,11 @@ impl TopicBinding {
         Self::new(key, exclude)
     }
 
+    /// Whether reserved keys skip this binding.
+    pub fn skips_reserved(&self) -> bool {
+        self.skip_reserved
+    }
+
     /// Whether a routing key matches.
     pub fn matches(&self, key: &str) -> bool {
         !(self.skip_reserved && is_reserved(key)) && self.pattern.matches(key)

@@ -1,16 +1,16 @@
 //! Exchanges and their routing: direct, fanout, topic and headers. An
-//! `Exchange` here is an immutable snapshot of one exchange and its
-//! bindings; the vhost builds a new one whenever they change, so a publish
-//! reads it without taking any lock of the exchange's.
+//! `Exchange` holds one exchange's bindings resolved to their targets;
+//! the vhost adds and removes bindings one at a time as they are made.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::binding_options::TopicBinding;
 use super::error::{CoreError, CoreResult};
 use super::message::{Headers, Value};
 use super::names::{ExchangeName, QueueName, RoutingKey};
 use super::queue::Queue;
+use super::topic_trie::TopicTrie;
 
 /// How an exchange routes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -166,63 +166,148 @@ fn values_equal(a: &Value, b: &Value) -> bool {
     }
 }
 
-#[derive(Clone, Debug, Default)]
-enum Table {
-    #[default]
-    Empty,
-    Direct(HashMap<RoutingKey, Vec<Target>>),
-    Fanout(Vec<Target>),
-    Topic(Vec<(TopicBinding, Target)>),
-    Headers(Vec<(HeadersMatch, Target)>),
+/// A binding as an exchange's table holds it: what it was declared as
+/// (to find it again on unbind) and where it delivers.
+#[derive(Debug)]
+struct Entry {
+    binding: BindingSpec,
+    target: Target,
 }
 
-/// One exchange and its bindings, compiled for routing.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
+enum Table {
+    Direct(HashMap<RoutingKey, Vec<Entry>>),
+    Fanout(Vec<Entry>),
+    Topic(TopicTrie<Entry>),
+    Headers(Vec<(HeadersMatch, Entry)>),
+}
+
+/// One exchange and its bindings, kept ready for routing.
+///
+/// Bindings change in place under the table's lock, so binding and
+/// unbinding cost what one binding costs, however many the exchange
+/// holds; a publish holds the lock (shared) only while it routes.
+#[derive(Debug)]
 pub struct Exchange {
     /// Its declared shape.
     pub spec: ExchangeSpec,
     /// Its alternate exchange, parsed once.
     pub alternate: Option<ExchangeName>,
-    table: Table,
+    table: RwLock<Table>,
 }
 
 impl Exchange {
-    /// Compiles an exchange with its bindings resolved to targets.
-    pub fn compile(spec: ExchangeSpec, bindings: &[(BindingSpec, Target)]) -> CoreResult<Self> {
+    /// An exchange with no bindings yet.
+    pub fn new(spec: ExchangeSpec) -> Self {
         let table = match spec.kind {
-            ExchangeKind::Direct => {
-                let mut map: HashMap<RoutingKey, Vec<Target>> = HashMap::new();
-                for (b, t) in bindings {
-                    map.entry(b.key.clone()).or_default().push(t.clone());
-                }
-                Table::Direct(map)
-            }
-            ExchangeKind::Fanout => {
-                Table::Fanout(bindings.iter().map(|(_, t)| t.clone()).collect())
-            }
-            ExchangeKind::Topic => Table::Topic(
-                bindings
-                    .iter()
-                    .map(|(b, t)| {
-                        (
-                            TopicBinding::from_arguments(b.key.as_str(), &b.arguments),
-                            t.clone(),
-                        )
-                    })
-                    .collect(),
-            ),
-            ExchangeKind::Headers => Table::Headers(
-                bindings
-                    .iter()
-                    .map(|(b, t)| Ok((HeadersMatch::new(&b.arguments)?, t.clone())))
-                    .collect::<CoreResult<_>>()?,
-            ),
+            ExchangeKind::Direct => Table::Direct(HashMap::new()),
+            ExchangeKind::Fanout => Table::Fanout(Vec::new()),
+            ExchangeKind::Topic => Table::Topic(TopicTrie::default()),
+            ExchangeKind::Headers => Table::Headers(Vec::new()),
         };
-        Ok(Self {
+        Self {
             alternate: spec.alternate(),
             spec,
-            table,
-        })
+            table: RwLock::new(table),
+        }
+    }
+
+    /// An exchange with its bindings resolved to targets.
+    pub fn compile(
+        spec: ExchangeSpec,
+        bindings: impl IntoIterator<Item = (BindingSpec, Target)>,
+    ) -> CoreResult<Self> {
+        let exchange = Self::new(spec);
+        for (b, t) in bindings {
+            exchange.add(b, t)?;
+        }
+        Ok(exchange)
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a binding delivering to `target`.
+    pub fn add(&self, binding: BindingSpec, target: Target) -> CoreResult<()> {
+        let mut table = self.write();
+        match &mut *table {
+            Table::Direct(map) => map
+                .entry(binding.key.clone())
+                .or_default()
+                .push(Entry { binding, target }),
+            Table::Fanout(all) => all.push(Entry { binding, target }),
+            Table::Topic(trie) => {
+                let options =
+                    TopicBinding::from_arguments(binding.key.as_str(), &binding.arguments);
+                let key = binding.key.clone();
+                trie.insert(
+                    key.as_str(),
+                    options.skips_reserved(),
+                    Entry { binding, target },
+                );
+            }
+            Table::Headers(list) => {
+                let m = HeadersMatch::new(&binding.arguments)?;
+                list.push((m, Entry { binding, target }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a binding; false if the table did not hold it.
+    pub fn remove(&self, binding: &BindingSpec) -> bool {
+        let mut table = self.write();
+        let is_it = |e: &Entry| e.binding == *binding;
+        match &mut *table {
+            Table::Direct(map) => {
+                let Some(list) = map.get_mut(&binding.key) else {
+                    return false;
+                };
+                let Some(i) = list.iter().position(is_it) else {
+                    return false;
+                };
+                list.swap_remove(i);
+                if list.is_empty() {
+                    map.remove(&binding.key);
+                }
+                true
+            }
+            Table::Fanout(all) => match all.iter().position(is_it) {
+                Some(i) => {
+                    all.swap_remove(i);
+                    true
+                }
+                None => false,
+            },
+            Table::Topic(trie) => trie.remove(binding.key.as_str(), is_it),
+            Table::Headers(list) => match list.iter().position(|(_, e)| is_it(e)) {
+                Some(i) => {
+                    list.swap_remove(i);
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    /// How many bindings it holds.
+    pub fn len(&self) -> usize {
+        match &*self.read() {
+            Table::Direct(map) => map.values().map(Vec::len).sum(),
+            Table::Fanout(all) => all.len(),
+            Table::Topic(trie) => trie.len(),
+            Table::Headers(list) => list.len(),
+        }
+    }
+
+    /// It holds no bindings.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Checks binding arguments before a binding is stored.
@@ -233,23 +318,21 @@ impl Exchange {
         Ok(())
     }
 
-    /// Calls `f` for every target the message's key and headers select.
+    /// Calls `f` for every target the message's key and headers select
+    /// (a target bound more than once may come more than once).
     pub fn route(&self, key: &str, headers: &Headers, mut f: impl FnMut(&Target)) {
-        match &self.table {
-            Table::Empty => {}
-            Table::Direct(map) => map.get(key).into_iter().flatten().for_each(f),
-            Table::Fanout(all) => all.iter().for_each(f),
-            Table::Topic(list) => {
-                for (pattern, t) in list {
-                    if pattern.matches(key) {
-                        f(t);
-                    }
-                }
-            }
+        match &*self.read() {
+            Table::Direct(map) => map
+                .get(key)
+                .into_iter()
+                .flatten()
+                .for_each(|e| f(&e.target)),
+            Table::Fanout(all) => all.iter().for_each(|e| f(&e.target)),
+            Table::Topic(trie) => trie.for_each_match(key, |e| f(&e.target)),
             Table::Headers(list) => {
-                for (m, t) in list {
+                for (m, e) in list {
                     if m.matches(headers) {
-                        f(t);
+                        f(&e.target);
                     }
                 }
             }

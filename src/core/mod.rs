@@ -4,6 +4,7 @@
 
 pub mod alarm;
 pub mod auth;
+pub mod binding_index;
 pub mod binding_options;
 pub mod change;
 pub mod connections;
@@ -18,6 +19,7 @@ pub mod queue;
 pub mod retained;
 pub mod sessions;
 pub mod stats;
+pub mod topic_trie;
 pub mod vhost;
 
 use std::collections::HashMap;

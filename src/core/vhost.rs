@@ -6,10 +6,11 @@
 //! (read, for the default exchange) and the target queues' locks, one at a
 //! time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use tokio::time::Instant;
 
+use super::binding_index::BindingIndex;
 use super::change::{Change, ChangeLog};
 use super::error::{CoreError, CoreResult};
 use super::exchange::{BindingSpec, Destination, Exchange, ExchangeKind, ExchangeSpec, Target};
@@ -39,7 +40,7 @@ type Routes = HashMap<ExchangeName, Arc<Exchange>>;
 #[derive(Debug, Default)]
 struct Meta {
     exchanges: HashMap<ExchangeName, ExchangeSpec>,
-    bindings: Vec<BindingSpec>,
+    bindings: BindingIndex,
 }
 
 /// What a publish did.
@@ -168,7 +169,9 @@ impl VHost {
             .clone()
     }
 
-    /// Recompiles the named exchanges from `meta` and swaps in a new snapshot.
+    /// Rebuilds the named exchanges' tables from `meta` (a missing one is
+    /// dropped) and swaps in a new snapshot. For declaring and deleting
+    /// exchanges; single bindings go through `bind_in_table`.
     fn rebuild(&self, meta: &Meta, changed: &[ExchangeName]) {
         let queues = self.queues_read();
         let mut routes: Routes = (*self.snapshot()).clone();
@@ -177,24 +180,32 @@ impl VHost {
                 routes.remove(name);
                 continue;
             };
-            let bound: Vec<(BindingSpec, Target)> = meta
-                .bindings
-                .iter()
-                .filter(|b| &b.source == name)
-                .filter_map(|b| {
-                    let target = match &b.destination {
-                        Destination::Queue(q) => Target::Queue(queues.get(q)?.clone()),
-                        Destination::Exchange(e) => Target::Exchange(e.clone()),
-                    };
-                    Some((b.clone(), target))
-                })
-                .collect();
+            let bound = meta.bindings.from_source(name).into_iter().filter_map(|b| {
+                let target = resolve(&queues, &b.destination)?;
+                Some((b, target))
+            });
             // Binding arguments were checked when the binding was made.
-            if let Ok(exchange) = Exchange::compile(spec.clone(), &bound) {
+            if let Ok(exchange) = Exchange::compile(spec.clone(), bound) {
                 routes.insert(name.clone(), Arc::new(exchange));
             }
         }
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+    }
+
+    /// Adds one binding (already in `meta`) to its exchange's table.
+    fn bind_in_table(&self, spec: &BindingSpec) {
+        let target = resolve(&self.queues_read(), &spec.destination);
+        if let (Some(exchange), Some(target)) = (self.snapshot().get(&spec.source), target) {
+            // Binding arguments were checked when the binding was made.
+            let _ = exchange.add(spec.clone(), target);
+        }
+    }
+
+    /// Removes one binding (already gone from `meta`) from its exchange's table.
+    fn unbind_in_table(&self, spec: &BindingSpec) {
+        if let Some(exchange) = self.snapshot().get(&spec.source) {
+            exchange.remove(spec);
+        }
     }
 
     /// Looks up a queue.
@@ -216,9 +227,9 @@ impl VHost {
         all
     }
 
-    /// All bindings, for listings.
+    /// All bindings, for listings, ordered by source, destination and key.
     pub fn bindings(&self) -> Vec<BindingSpec> {
-        self.meta().bindings.clone()
+        self.meta().bindings.all()
     }
 
     /// Looks up an exchange's declared shape.
@@ -304,7 +315,7 @@ impl VHost {
         let Some(spec) = meta.exchanges.get(name).cloned() else {
             return Ok(());
         };
-        if if_unused && meta.bindings.iter().any(|b| b.source.as_str() == name) {
+        if if_unused && meta.bindings.has_source(&spec.name) {
             return Err(CoreError::PreconditionFailed(format!(
                 "exchange '{name}' in use"
             )));
@@ -316,19 +327,23 @@ impl VHost {
     fn remove_exchange(&self, meta: &mut Meta, spec: &ExchangeSpec) {
         let name = spec.name.clone();
         meta.exchanges.remove(&name);
-        let mut changed = vec![name.clone()];
-        meta.bindings.retain(|b| {
-            let to_it = b.destination == Destination::Exchange(name.clone());
-            if to_it {
-                changed.push(b.source.clone());
-            }
-            b.source != name && !to_it
-        });
+        for b in meta.bindings.from_source(&name) {
+            meta.bindings.remove(&b);
+        }
+        let to_it = meta
+            .bindings
+            .to_destination(&Destination::Exchange(name.clone()));
+        for b in &to_it {
+            meta.bindings.remove(b);
+            self.unbind_in_table(b);
+        }
         if spec.durable {
             self.journal
-                .record(&self.name, Change::ExchangeDeleted(name));
+                .record(&self.name, Change::ExchangeDeleted(name.clone()));
         }
-        self.rebuild(meta, &changed);
+        self.rebuild(meta, &[name]);
+        let sources: Vec<ExchangeName> = to_it.into_iter().map(|b| b.source).collect();
+        self.auto_delete_exchanges(meta, &sources);
     }
 
     /// Declares a queue, or checks an existing one is equivalent and usable
@@ -502,12 +517,9 @@ impl VHost {
     /// Re-creates a binding read back from the journal.
     pub fn restore_binding(&self, spec: BindingSpec) {
         let mut meta = self.meta();
-        if meta.bindings.contains(&spec) {
-            return;
+        if meta.bindings.insert(spec.clone()) {
+            self.bind_in_table(&spec);
         }
-        let source = spec.source.clone();
-        meta.bindings.push(spec);
-        self.rebuild(&meta, &[source]);
     }
 
     /// Deletes a queue. Deleting one that does not exist succeeds with 0.
@@ -541,13 +553,11 @@ impl VHost {
         let n = queue.mark_deleted();
         let dest = Destination::Queue(name.clone());
         let mut changed = Vec::new();
-        meta.bindings.retain(|b| {
-            let hit = b.destination == dest;
-            if hit {
-                changed.push(b.source.clone());
-            }
-            !hit
-        });
+        for b in meta.bindings.to_destination(&dest) {
+            meta.bindings.remove(&b);
+            self.unbind_in_table(&b);
+            changed.push(b.source);
+        }
         if queue.spec().durable && queue.spec().exclusive.is_none() {
             self.journal.record(
                 &self.name,
@@ -557,7 +567,6 @@ impl VHost {
                 },
             );
         }
-        self.rebuild(&meta, &changed);
         self.auto_delete_exchanges(&mut meta, &changed);
         n
     }
@@ -567,7 +576,7 @@ impl VHost {
             let Some(spec) = meta.exchanges.get(name).cloned() else {
                 continue;
             };
-            if spec.auto_delete && !meta.bindings.iter().any(|b| &b.source == name) {
+            if spec.auto_delete && !meta.bindings.has_source(name) {
                 self.remove_exchange(meta, &spec);
             }
         }
@@ -630,9 +639,8 @@ impl VHost {
         if self.binding_is_durable(&meta, &spec) {
             self.journal.record(&self.name, Change::Bound(spec.clone()));
         }
-        let source = spec.source.clone();
-        meta.bindings.push(spec);
-        self.rebuild(&meta, &[source]);
+        meta.bindings.insert(spec.clone());
+        self.bind_in_table(&spec);
         Ok(())
     }
 
@@ -640,15 +648,14 @@ impl VHost {
     pub fn unbind(&self, spec: &BindingSpec, by: Option<ConnectionId>) -> CoreResult<()> {
         let mut meta = self.meta();
         self.check_binding(&meta, spec, by)?;
-        let Some(i) = meta.bindings.iter().position(|b| b == spec) else {
+        if !meta.bindings.remove(spec) {
             return Ok(());
-        };
-        meta.bindings.remove(i);
+        }
         if self.binding_is_durable(&meta, spec) {
             self.journal
                 .record(&self.name, Change::Unbound(spec.clone()));
         }
-        self.rebuild(&meta, std::slice::from_ref(&spec.source));
+        self.unbind_in_table(spec);
         self.auto_delete_exchanges(&mut meta, std::slice::from_ref(&spec.source));
         Ok(())
     }
@@ -732,9 +739,20 @@ impl VHost {
             }
         } else {
             let mut next = Vec::new();
+            // A fan-out to thousands of queues must not compare each with
+            // all before it: past a few, a set of addresses remembers them.
+            let mut seen: Option<HashSet<*const Queue>> = None;
             exchange.route(key, &message.properties().headers, |t| match t {
                 Target::Queue(q) => {
-                    if !out.iter().any(|have| Arc::ptr_eq(have, q)) {
+                    let fresh = match &mut seen {
+                        Some(set) => set.insert(Arc::as_ptr(q)),
+                        None if out.len() < 16 => !out.iter().any(|have| Arc::ptr_eq(have, q)),
+                        None => {
+                            let set = seen.insert(out.iter().map(Arc::as_ptr).collect());
+                            set.insert(Arc::as_ptr(q))
+                        }
+                    };
+                    if fresh {
                         out.push(q.clone());
                     }
                 }
@@ -817,6 +835,14 @@ impl VHost {
         for q in owned {
             self.remove_queue(&q);
         }
+    }
+}
+
+/// What a binding's destination is in a routing table, if it exists.
+fn resolve(queues: &HashMap<QueueName, Arc<Queue>>, d: &Destination) -> Option<Target> {
+    match d {
+        Destination::Queue(q) => Some(Target::Queue(queues.get(q)?.clone())),
+        Destination::Exchange(e) => Some(Target::Exchange(e.clone())),
     }
 }
 
