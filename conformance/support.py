@@ -65,7 +65,12 @@ class Broker:
     """ferrymq as a child process, on ephemeral loopback ports."""
 
     def __init__(
-        self, *extra: str, config: str | None = None, amqp: str = "127.0.0.1:0", stomp: str = "127.0.0.1:0"
+        self,
+        *extra: str,
+        config: str | None = None,
+        amqp: str = "127.0.0.1:0",
+        stomp: str = "127.0.0.1:0",
+        mqtt: str = "off",
     ):
         self.data_dir = tempfile.mkdtemp(prefix="ferrymq-conf-")
         atexit.register(shutil.rmtree, self.data_dir, ignore_errors=True)
@@ -75,7 +80,7 @@ class Broker:
             "--amqp",
             amqp,
             "--mqtt",
-            "off",
+            mqtt,
             "--stomp",
             stomp,
             "--http",
@@ -96,6 +101,9 @@ class Broker:
         self.port: int | None = None
         self.stomp_host: str | None = None
         self.stomp_port: int | None = None
+        #: Set only when the broker was started with an MQTT listener.
+        self.mqtt_host: str | None = None
+        self.mqtt_port: int | None = None
 
     def spawn(self) -> "Broker":
         """Starts the process without waiting for it to be ready."""
@@ -146,6 +154,9 @@ class Broker:
             elif word.startswith("stomp="):
                 host, _, port = word[len("stomp=") :].rpartition(":")
                 self.stomp_host, self.stomp_port = host.strip("[]"), int(port)
+            elif word.startswith("mqtt="):
+                host, _, port = word[len("mqtt=") :].rpartition(":")
+                self.mqtt_host, self.mqtt_port = host.strip("[]"), int(port)
         return self
 
     def wait_exit(self, timeout: float = WAIT) -> int:

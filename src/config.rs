@@ -2,6 +2,7 @@
 //! configuration. Command-line flags override keys (main.rs).
 
 use std::net::SocketAddr;
+use std::num::NonZeroU16;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -128,6 +129,16 @@ pub struct Config {
     pub mqtt_default_user: String,
     /// Its password.
     pub mqtt_default_pass: String,
+    /// Receive Maximum announced to MQTT 5 clients: QoS 2 publishes a
+    /// client may have awaiting PUBREL; one more ends its connection.
+    pub mqtt_receive_maximum: NonZeroU16,
+    /// Topic aliases an MQTT 5 client may set up toward the broker
+    /// (Topic Alias Maximum); 0 allows none.
+    pub mqtt_topic_alias_maximum: u16,
+    /// Longest MQTT keepalive accepted, seconds: a longer one, or none, is
+    /// replaced with this (announced to MQTT 5 clients as Server Keep
+    /// Alive). 0: the client's own keepalive holds.
+    pub mqtt_max_keep_alive: u16,
     /// Queues with their own series on /metrics, deepest first
     /// (/metrics/per-object has every queue).
     pub metrics_queue_cap: usize,
@@ -157,6 +168,9 @@ impl Default for Config {
             mqtt_allow_anonymous: true,
             mqtt_default_user: "guest".into(),
             mqtt_default_pass: "guest".into(),
+            mqtt_receive_maximum: NonZeroU16::new(1024).expect("not zero"),
+            mqtt_topic_alias_maximum: 64,
+            mqtt_max_keep_alive: 0,
             metrics_queue_cap: crate::admin::metrics::DEFAULT_QUEUE_CAP,
         }
     }
@@ -261,6 +275,14 @@ mod tests {
         let err = Config::load(&path).expect_err("-1 is not a size");
         assert!(!err.contains('\n'), "one line: {err}");
         assert!(err.contains("line 2 (max_message_bytes = -1)"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_mqtt_receive_maximum_is_refused() {
+        // MQTT 5 forbids announcing Receive Maximum 0 (§3.2.2.3.3).
+        assert!(toml::from_str::<Config>("mqtt_receive_maximum = 0").is_err());
+        let c: Config = toml::from_str("mqtt_receive_maximum = 10").expect("parses");
+        assert_eq!(c.mqtt_receive_maximum.get(), 10);
     }
 
     #[test]

@@ -345,6 +345,9 @@ fn mqtt_settings(config: &Config) -> crate::mqtt::Settings {
         max_packet: u32::try_from(config.max_message_bytes.saturating_add(64 * 1024))
             .unwrap_or(u32::MAX)
             .min(MQTT_MAX_REMAINING_LENGTH),
+        receive_max: config.mqtt_receive_maximum.get(),
+        topic_alias_max: config.mqtt_topic_alias_maximum,
+        max_keep_alive: (config.mqtt_max_keep_alive > 0).then_some(config.mqtt_max_keep_alive),
         anonymous: config.mqtt_allow_anonymous.then(|| {
             (
                 config.mqtt_default_user.clone(),

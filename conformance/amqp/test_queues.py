@@ -117,8 +117,11 @@ def test_exclusive_queue_is_locked_to_its_connection(connect):
         c = other.channel()
         err = channel_error(c, lambda: action(c))
         assert err.reply_code == 405, err
-    # Everyone else can still publish to it.
-    other.channel().basic_publish("", q, b"from outside")
+    # Everyone else can still publish to it. Confirmed, so the message is
+    # in the queue before the owner's basic.get on its own connection.
+    outside = other.channel()
+    outside.confirm_delivery()
+    outside.basic_publish("", q, b"from outside")
     assert och.basic_get(q, auto_ack=True)[2] == b"from outside"
 
 

@@ -125,6 +125,15 @@ impl Decoder {
                 ProtocolVersion::MQTT5 => State::V5(v5::Codec::new(self.max_in, self.max_in)),
             };
         }
+        if let [first, len, ..] = buf[..]
+            && matches!(first, PINGREQ | PINGRESP)
+            && len != 0
+        {
+            // rmqtt-codec skips a body it does not expect; a PINGREQ is two
+            // bytes (MQTT 3.1.1 §3.12, MQTT 5 §3.12), so a longer one is
+            // malformed, not a ping.
+            return Err(CodecError::Malformed(DecodeError::MalformedPacket));
+        }
         match &mut self.state {
             State::Sniff => unreachable!("set above"),
             State::V5(codec) => Ok(codec.decode(buf)?.map(|(p, _)| match p {
@@ -260,6 +269,11 @@ fn lift(p: v3::Packet) -> Inbound {
     };
     Inbound::Packet(packet)
 }
+
+/// Fixed-header first bytes of the two packets that are never longer
+/// than their fixed header.
+const PINGREQ: u8 = 0xC0;
+const PINGRESP: u8 = 0xD0;
 
 /// The write half: encodes MQTT 5 packets for the connected version.
 #[derive(Debug)]
@@ -515,5 +529,24 @@ mod tests {
         let mut d = Decoder::new(1024);
         let mut buf = BytesMut::from(&b"\x30\x02\x00\x01"[..]);
         assert!(d.decode(&mut buf).is_err(), "PUBLISH before CONNECT");
+    }
+
+    #[test]
+    fn a_pingreq_with_a_body_is_malformed() {
+        for connect in [
+            &b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x3c\x00\x03cid"[..],
+            &b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x03cid"[..],
+        ] {
+            let mut d = Decoder::new(1024);
+            let mut buf = BytesMut::from(connect);
+            assert!(matches!(d.decode(&mut buf), Ok(Some(Inbound::Connect(..)))));
+            buf.extend_from_slice(b"\xc0\x00");
+            assert!(matches!(
+                d.decode(&mut buf),
+                Ok(Some(Inbound::Packet(v5::Packet::PingRequest)))
+            ));
+            buf.extend_from_slice(b"\xc0\x01\x00");
+            assert!(matches!(d.decode(&mut buf), Err(CodecError::Malformed(_))));
+        }
     }
 }

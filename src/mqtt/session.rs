@@ -729,6 +729,10 @@ impl Session {
                 let mut reply = ack2(a.packet_id);
                 if !known {
                     reply.reason_code = PublishAck2Reason::PacketIdNotFound;
+                    reply.reason_string = Some(ByteString::from(format!(
+                        "no QoS 2 publish with packet id {} awaits PUBREL",
+                        a.packet_id
+                    )));
                 }
                 self.write(v5::Packet::PublishComplete(reply), out);
                 Ok(())
@@ -836,8 +840,12 @@ impl Session {
         let mut durable_at = None;
         let mqtt = self.stats.protocol(Protocol::Mqtt);
         mqtt.published.inc();
+        let mut refusal = None;
         let reason = match vhost.publish(message) {
-            Ok(o) if o.rejected => PublishAckReason::QuotaExceeded,
+            Ok(o) if o.rejected => {
+                refusal = Some("a queue is full and refuses new messages".to_owned());
+                PublishAckReason::QuotaExceeded
+            }
             Ok(o) => {
                 if o.queues == 0 {
                     mqtt.unroutable.inc();
@@ -852,13 +860,17 @@ impl Session {
                     PublishAckReason::Success
                 }
             }
-            Err(e) => publish_reason(&e),
+            Err(e) => {
+                refusal = Some(e.to_string());
+                publish_reason(&e)
+            }
         };
         let Some(pid) = packet_id else {
             return Ok(());
         };
         let mut reply = ack(pid);
         reply.reason_code = reason;
+        reply.reason_string = refusal.map(ByteString::from);
         let packet = match p.qos {
             QoS::AtMostOnce => return Ok(()),
             QoS::AtLeastOnce => v5::Packet::PublishAck(reply),
@@ -922,12 +934,15 @@ impl Session {
     fn on_subscribe(&mut self, s: v5::Subscribe, out: &mut BytesMut) -> Outcome {
         let vhost = self.vhost.clone().expect("open sessions have a vhost");
         let mut status = Vec::with_capacity(s.topic_filters.len());
+        // One reason string for the SUBACK: why each refused filter was.
+        let mut refusals: Vec<String> = Vec::new();
         let mut retained: Vec<Pending> = Vec::new();
         for (raw, opts) in s.topic_filters {
             let filter = match topic::parse_filter(&raw) {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::debug!(client = %self.client_id, filter = %raw, error = %e, "filter refused");
+                    refusals.push(format!("'{raw}': {e}"));
                     status.push(SubscribeAckReason::TopicFilterInvalid);
                     continue;
                 }
@@ -962,6 +977,7 @@ impl Session {
             };
             if let Err(e) = bound {
                 tracing::info!(client = %self.client_id, filter = %raw, error = %e, "subscribe failed");
+                refusals.push(format!("'{raw}': {e}"));
                 status.push(subscribe_reason(&e));
                 continue;
             }
@@ -994,7 +1010,7 @@ impl Session {
         let ack = v5::SubscribeAck {
             packet_id: s.packet_id,
             properties: Vec::new(),
-            reason_string: None,
+            reason_string: (!refusals.is_empty()).then(|| ByteString::from(refusals.join("; "))),
             status,
         };
         self.write(v5::Packet::SubscribeAck(ack), out);
@@ -1421,25 +1437,19 @@ impl Session {
         let Some(vhost) = self.vhost.take() else {
             return Farewell::default();
         };
-        // Requeue what the client never acknowledged, then cancel.
-        let mut back: Vec<(Arc<Queue>, DeliveryId, Settle)> = std::mem::take(&mut self.settles);
-        for (_, o) in self.outbound.drain() {
-            if let Some((q, id)) = o.settle {
-                back.push((q, id, Settle::Requeue));
-            }
-        }
-        for p in self.held.drain(..) {
-            if let Some((q, id)) = p.settle {
-                back.push((q, id, Settle::Requeue));
-            }
-        }
-        settle_grouped(&vhost, back);
-        for (id, info) in self.consumers.drain() {
-            if info.active {
-                vhost.cancel(&info.queue, id);
-            }
-        }
+        // Settle what the client did acknowledge, then detach each consumer
+        // putting back what it never acknowledged. Requeueing before the
+        // detach would hand those deliveries straight back to the consumer
+        // being detached, and a resumed session would never see them.
+        settle_grouped(&vhost, std::mem::take(&mut self.settles));
+        self.outbound.clear();
+        self.held.clear();
         self.after_write_with(&vhost);
+        // A consumer already cancelled (an UNSUBSCRIBE, a switch to
+        // manual acks) may still have deliveries outstanding: those too.
+        for (id, info) in self.consumers.drain() {
+            vhost.cancel_and_requeue(&info.queue, id);
+        }
         let durable = self.session_expiry > 0;
         let generation = if self.holds_name {
             self.holds_name = false;
@@ -2034,5 +2044,88 @@ mod tests {
         assert!(farewell.will.is_none() && farewell.expiry.is_none());
         assert!(vhost.queue("mqtt-subscription-c12qos1").is_none());
         assert!(!vhost.sessions().contains("c12"));
+    }
+
+    #[tokio::test]
+    async fn a_resumed_session_gets_what_the_last_connection_left_unacknowledged() {
+        let b = broker();
+        let durable = |c: &mut v5::Connect| {
+            c.clean_start = false;
+            c.session_expiry_interval_secs = 60;
+        };
+        let mut c = Peer::new(&b, Settings::default());
+        c.connect("c13", durable);
+        c.send(subscribe(1, "r/#", QoS::AtLeastOnce));
+        c.received();
+        let mut p = Peer::new(&b, Settings::default());
+        p.connect("c13-pub", |_| {});
+        p.send(publish("r/1", QoS::AtLeastOnce, Some(1), b"unacked"));
+        p.received();
+        let got = c.received();
+        assert!(
+            matches!(&got[..], [v5::Packet::Publish(p)] if !p.dup),
+            "{got:?}"
+        );
+        // The connection ends without a PUBACK.
+        drop(c.session.release());
+        let mut again = Peer::new(&b, Settings::default());
+        let mut connect = v5::Connect {
+            client_id: "c13".into(),
+            keep_alive: 30,
+            ..Default::default()
+        };
+        durable(&mut connect);
+        again.send(v5::Packet::Connect(Box::new(connect)));
+        let got = again.received();
+        assert!(
+            matches!(&got[..], [v5::Packet::ConnectAck(a), v5::Packet::Publish(p)]
+                if a.session_present && p.dup && &p.payload[..] == b"unacked"),
+            "the delivery comes again, marked DUP: {got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn acks_with_an_error_reason_code_say_why() {
+        let b = broker();
+        let mut c = Peer::new(&b, Settings::default());
+        c.connect("c14", |_| {});
+        c.send(v5::Packet::Subscribe(v5::Subscribe {
+            packet_id: pid(1),
+            id: None,
+            user_properties: vec![],
+            topic_filters: vec![
+                ("ok/+".into(), v5::SubscriptionOptions::default()),
+                ("bad/#/x".into(), v5::SubscriptionOptions::default()),
+            ],
+        }));
+        let got = c.received();
+        let [v5::Packet::SubscribeAck(a)] = &got[..] else {
+            panic!("{got:?}")
+        };
+        assert_eq!(
+            a.status,
+            [
+                SubscribeAckReason::GrantedQos0,
+                SubscribeAckReason::TopicFilterInvalid
+            ]
+        );
+        assert!(
+            a.reason_string
+                .as_deref()
+                .is_some_and(|s| s.contains("bad/#/x")),
+            "{a:?}"
+        );
+        c.send(v5::Packet::PublishRelease(ack2(pid(9))));
+        let got = c.received();
+        assert!(
+            matches!(&got[..], [v5::Packet::PublishComplete(a)] if a.reason_code == PublishAck2Reason::PacketIdNotFound && a.reason_string.is_some()),
+            "{got:?}"
+        );
+        c.send(subscribe(2, "fine", QoS::AtMostOnce));
+        let got = c.received();
+        assert!(
+            matches!(&got[..], [v5::Packet::SubscribeAck(a)] if a.reason_string.is_none()),
+            "no reason string when all is well: {got:?}"
+        );
     }
 }
