@@ -184,6 +184,7 @@ impl Server {
         if restored > 0 {
             tracing::info!(messages = restored, "durable messages restored");
         }
+        crate::mqtt::durable::expire_recovered(&broker);
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let limits = Arc::new(ResourceLimits {

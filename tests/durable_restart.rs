@@ -343,3 +343,173 @@ async fn a_deep_backlog_is_paged_to_disk_and_delivered_in_order_across_a_restart
         next += 1;
     }
 }
+
+#[tokio::test]
+async fn users_vhosts_and_permissions_changed_at_runtime_survive_a_restart() {
+    use ferrymq::core::{Access, Permission, User};
+    let dir = fresh_dir();
+    let loopback = "127.0.0.1".parse().expect("address");
+    {
+        let server = start_in(&dir).await;
+        let b = &server.broker;
+        b.add_vhost("staging");
+        b.add_vhost("scratch");
+        b.users.put(User {
+            name: "deployer".into(),
+            password: "s3cret".into(),
+            tags: vec!["management".into()],
+            loopback_only: false,
+            vhosts: vec![],
+        });
+        b.users.put(User {
+            name: "temp".into(),
+            password: "t".into(),
+            tags: vec![],
+            loopback_only: false,
+            vhosts: vec![],
+        });
+        assert!(b.users.set_permission(
+            "deployer",
+            "staging",
+            Permission::new("^app\\.", ".*", "").expect("valid")
+        ));
+        assert!(b.users.set_permission("temp", "/", Permission::full()));
+        assert!(b.users.delete("temp"));
+        // A configured user's configured grant, taken away at runtime.
+        assert!(b.users.clear_permission("guest", "/"));
+        assert!(b.remove_vhost("scratch"));
+        server.shutdown(Duration::from_secs(5)).await;
+    }
+    let server = start_in(&dir).await;
+    let b = &server.broker;
+    assert!(b.vhost("staging").is_some(), "a created vhost survives");
+    assert!(
+        b.vhost("scratch").is_none(),
+        "a deleted vhost stays deleted"
+    );
+    let u = b
+        .users
+        .authenticate("deployer", "s3cret", loopback)
+        .expect("the added user logs in");
+    assert_eq!(u.tags, ["management"]);
+    assert!(
+        b.users.get("temp").is_none(),
+        "a deleted user stays deleted"
+    );
+    assert!(
+        b.users
+            .allows("deployer", "staging", Access::Configure, "app.q")
+    );
+    assert!(
+        !b.users
+            .allows("deployer", "staging", Access::Configure, "other")
+    );
+    assert!(!b.users.allows("deployer", "staging", Access::Read, "app.q"));
+    assert!(
+        b.users.check_access("guest", "/").is_err(),
+        "a permission cleared at runtime stays cleared"
+    );
+    assert!(
+        b.users.authenticate("guest", "guest", loopback).is_ok(),
+        "configured users are still there"
+    );
+}
+
+#[tokio::test]
+async fn ttls_keep_counting_while_the_broker_is_down() {
+    let dir = fresh_dir();
+    {
+        let server = start_in(&dir).await;
+        let conn = connect(&server).await;
+        let ch = conn.create_channel().await.expect("channel");
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare("expired".into(), durable, FieldTable::default())
+            .await
+            .expect("dead-letter queue");
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-message-ttl".into(),
+            lapin::types::AMQPValue::LongInt(300),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            lapin::types::AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            lapin::types::AMQPValue::LongString("expired".into()),
+        );
+        ch.queue_declare("short-lived".into(), durable, args)
+            .await
+            .expect("queue with x-message-ttl");
+        ch.queue_declare("mixed".into(), durable, FieldTable::default())
+            .await
+            .expect("plain queue");
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let persistent = BasicProperties::default().with_delivery_mode(2);
+        let publishes = [
+            ("short-lived", b"queue ttl".as_slice(), persistent.clone()),
+            (
+                "mixed",
+                b"per-message ttl",
+                persistent.clone().with_expiration("300".into()),
+            ),
+            (
+                "mixed",
+                b"long ttl",
+                persistent.clone().with_expiration("3600000".into()),
+            ),
+        ];
+        for (queue, body, props) in publishes {
+            ch.basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
+        }
+        server.shutdown(Duration::from_secs(5)).await;
+    }
+    // The outage itself: longer than the short TTLs, which must not start
+    // over when the broker comes back.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let server = start_in(&dir).await;
+    let vhost = server.broker.vhost("/").expect("vhost");
+    let (short, expired) = (
+        vhost.queue("short-lived").expect("queue"),
+        vhost.queue("expired").expect("queue"),
+    );
+    common::within("the expired message to be dead-lettered", async {
+        while !(short.message_count() == 0 && expired.message_count() == 1) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let conn = connect(&server).await;
+    let ch = conn.create_channel().await.expect("channel");
+    let got = ch
+        .basic_get("mixed".into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+        .expect("the long-lived message");
+    assert_eq!(
+        got.delivery.data, b"long ttl",
+        "the message whose TTL ran out while the broker was down is not delivered"
+    );
+    let got = ch
+        .basic_get("expired".into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+        .expect("the dead letter");
+    assert_eq!(got.delivery.data, b"queue ttl");
+}

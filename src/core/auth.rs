@@ -6,10 +6,13 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use super::change::{BROKER_WIDE, Change, ChangeLog};
+use super::names::VHostName;
 
 /// A broker user.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct User {
     /// Login name.
     pub name: String,
@@ -77,6 +80,27 @@ pub struct Permission {
     /// Pattern for read access.
     pub read: String,
     compiled: [Option<regex::Regex>; 3],
+}
+
+/// A permission's three patterns, as recorded in the journal.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PermissionSpec {
+    /// Pattern for configure access.
+    pub configure: String,
+    /// Pattern for write access.
+    pub write: String,
+    /// Pattern for read access.
+    pub read: String,
+}
+
+impl PermissionSpec {
+    fn of(p: &Permission) -> Self {
+        Self {
+            configure: p.configure.clone(),
+            write: p.write.clone(),
+            read: p.read.clone(),
+        }
+    }
 }
 
 impl PartialEq for Permission {
@@ -162,6 +186,10 @@ struct Table {
 pub struct Users {
     table: RwLock<Table>,
     generation: AtomicU64,
+    /// Where runtime changes are recorded; unset while the configured
+    /// users are loaded and the journal's are restored, which are not
+    /// changes.
+    journal: OnceLock<Arc<dyn ChangeLog>>,
 }
 
 impl Users {
@@ -174,6 +202,59 @@ impl Users {
                 permissions: HashMap::new(),
             }),
             generation: AtomicU64::new(0),
+            journal: OnceLock::new(),
+        }
+    }
+
+    /// Records every later change in `journal`.
+    pub fn record_to(&self, journal: Arc<dyn ChangeLog>) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// Called with the table's write lock held, so the journal's order is
+    /// the table's.
+    fn record(&self, vhost: &str, change: Change) {
+        if let Some(j) = self.journal.get() {
+            j.record(&VHostName::from(vhost), change);
+        }
+    }
+
+    /// Applies users and permissions read back from the journal over the
+    /// configured ones: `None` is a user deleted or a permission cleared
+    /// at runtime.
+    pub fn restore(
+        &self,
+        users: &std::collections::BTreeMap<String, Option<User>>,
+        permissions: &[(String, String, Option<PermissionSpec>)],
+    ) {
+        let mut t = self.write();
+        for (name, user) in users {
+            match user {
+                Some(u) => {
+                    t.users.insert(name.clone(), u.clone());
+                }
+                None => {
+                    t.users.remove(name);
+                    t.permissions.retain(|(u, _), _| u != name);
+                }
+            }
+        }
+        for (user, vhost, spec) in permissions {
+            let key = (user.clone(), vhost.clone());
+            match spec
+                .as_ref()
+                .map(|s| Permission::new(&s.configure, &s.write, &s.read))
+            {
+                Some(Ok(p)) => {
+                    t.permissions.insert(key, Arc::new(p));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(%user, %vhost, error = %e, "journalled permission not restored")
+                }
+                None => {
+                    t.permissions.remove(&key);
+                }
+            }
         }
     }
 
@@ -265,14 +346,20 @@ impl Users {
 
     /// Adds or replaces a user; its permissions are kept.
     pub fn put(&self, user: User) {
-        self.write().users.insert(user.name.clone(), user);
+        let mut t = self.write();
+        self.record(BROKER_WIDE, Change::UserPut(user.clone()));
+        t.users.insert(user.name.clone(), user);
     }
 
     /// Removes a user and its permissions; false if there was none.
     pub fn delete(&self, name: &str) -> bool {
         let mut t = self.write();
         t.permissions.retain(|(u, _), _| u != name);
-        t.users.remove(name).is_some()
+        let found = t.users.remove(name).is_some();
+        if found {
+            self.record(BROKER_WIDE, Change::UserDeleted(name.to_owned()));
+        }
+        found
     }
 
     /// A user's permission in a vhost.
@@ -301,6 +388,13 @@ impl Users {
         if !t.users.contains_key(user) {
             return false;
         }
+        self.record(
+            vhost,
+            Change::PermissionSet {
+                user: user.to_owned(),
+                permission: PermissionSpec::of(&permission),
+            },
+        );
         t.permissions
             .insert((user.into(), vhost.into()), Arc::new(permission));
         true
@@ -308,13 +402,24 @@ impl Users {
 
     /// Removes a user's permission in a vhost; false if there was none.
     pub fn clear_permission(&self, user: &str, vhost: &str) -> bool {
-        self.write()
+        let mut t = self.write();
+        let found = t
             .permissions
             .remove(&(user.to_owned(), vhost.to_owned()))
-            .is_some()
+            .is_some();
+        if found {
+            self.record(
+                vhost,
+                Change::PermissionCleared {
+                    user: user.to_owned(),
+                },
+            );
+        }
+        found
     }
 
-    /// Removes every permission in a vhost (the vhost is gone).
+    /// Removes every permission in a vhost (the vhost is gone; its
+    /// deletion record implies this, so nothing is recorded).
     pub fn clear_vhost(&self, vhost: &str) {
         self.write().permissions.retain(|(_, v), _| v != vhost);
     }

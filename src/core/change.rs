@@ -7,10 +7,15 @@ use std::fmt::Debug;
 
 use tokio::sync::watch;
 
+use super::auth::{PermissionSpec, User};
 use super::exchange::{BindingSpec, ExchangeSpec};
 use super::message::Message;
-use super::names::{ExchangeName, QueueName, VHostName};
+use super::names::{ExchangeName, QueueName, RoutingKey, VHostName};
 use super::queue::QueueSpec;
+
+/// The vhost name broker-wide changes (users) are recorded under; no vhost
+/// can have it.
+pub const BROKER_WIDE: &str = "";
 
 /// A record's place in the log; positions only grow.
 pub type LogPosition = u64;
@@ -82,6 +87,69 @@ pub enum Change {
         /// The segment of its `Enqueued` record, which now holds one live
         /// message fewer.
         segment: LogPosition,
+    },
+    /// A message was retained under its routing key (retained.rs).
+    RetainedSet(Message),
+    /// A routing key's retained message was cleared.
+    RetainedCleared(RoutingKey),
+    /// A named client session (sessions.rs) outlives its connections.
+    SessionOpened {
+        /// The session's name (MQTT's client id).
+        name: String,
+        /// Seconds it outlives its connection; `u32::MAX` is forever.
+        expiry_secs: u32,
+        /// A new session: ids held by an earlier one are forgotten.
+        fresh: bool,
+    },
+    /// A stored session lost its connection; it expires `expiry_secs`
+    /// after `at_ms` unless resumed.
+    SessionParked {
+        /// The session's name.
+        name: String,
+        /// Seconds until it expires; `u32::MAX` is never.
+        expiry_secs: u32,
+        /// When it was parked, milliseconds since the Unix epoch.
+        at_ms: u64,
+    },
+    /// A stored session ended (expired, or replaced by one that does not
+    /// outlive its connection).
+    SessionEnded {
+        /// The session's name.
+        name: String,
+    },
+    /// An id of a stored session's exactly-once handshake was taken or let
+    /// go, so the handshake completes across a restart (MQTT's QoS 2: an
+    /// inbound id from PUBREC to PUBREL, an outbound one from PUBREL to
+    /// PUBCOMP).
+    SessionId {
+        /// The session's name.
+        name: String,
+        /// The id numbers messages going to the client.
+        outbound: bool,
+        /// The id.
+        id: u16,
+        /// Taken (true) or let go (false).
+        held: bool,
+    },
+    /// The vhost was created at runtime.
+    VHostCreated,
+    /// The vhost was deleted with everything in it.
+    VHostDeleted,
+    /// A user was added or changed (recorded under `BROKER_WIDE`).
+    UserPut(User),
+    /// A user was deleted, with its permissions (under `BROKER_WIDE`).
+    UserDeleted(String),
+    /// A user's permission in this vhost was set.
+    PermissionSet {
+        /// The user.
+        user: String,
+        /// The patterns.
+        permission: PermissionSpec,
+    },
+    /// A user's permission in this vhost was removed.
+    PermissionCleared {
+        /// The user.
+        user: String,
     },
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::Bytes;
@@ -142,23 +143,34 @@ impl Properties {
 #[derive(Clone, Debug)]
 pub struct Message(Arc<MessageData>);
 
-/// A message as stored: what survives a restart (the TTL clock restarts).
+/// A message as stored: what survives a restart. The wall-clock time it
+/// was accepted keeps its TTL counting while the broker is down.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredMessage {
     exchange: ExchangeName,
     routing_key: RoutingKey,
     properties: Properties,
     body: Bytes,
+    received_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl serde::Serialize for Message {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("StoredMessage", 4)?;
+        let mut st = s.serialize_struct("StoredMessage", 5)?;
         st.serialize_field("exchange", &self.0.exchange)?;
         st.serialize_field("routing_key", &self.0.routing_key)?;
         st.serialize_field("properties", &self.0.properties)?;
         st.serialize_field("body", &self.0.body)?;
+        let received_ms = now_ms().saturating_sub(self.age().as_millis() as u64);
+        st.serialize_field("received_ms", &received_ms)?;
         st.end()
     }
 }
@@ -166,12 +178,15 @@ impl serde::Serialize for Message {
 impl<'de> serde::Deserialize<'de> for Message {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let m = StoredMessage::deserialize(d)?;
-        Ok(Message::new(
-            m.exchange,
-            m.routing_key,
-            m.properties,
-            m.body,
-        ))
+        let mut message = Message::new(m.exchange, m.routing_key, m.properties, m.body);
+        // An `Instant` cannot reach back before boot, and a broker down
+        // across a reboot may have been down longer than that; the age
+        // before loading is kept apart instead.
+        let earlier = Duration::from_millis(now_ms().saturating_sub(m.received_ms));
+        if let Some(data) = Arc::get_mut(&mut message.0) {
+            data.earlier = earlier;
+        }
+        Ok(message)
     }
 }
 
@@ -186,8 +201,11 @@ pub struct MessageData {
     pub properties: Properties,
     /// The body, shared.
     pub body: Bytes,
-    /// When the broker accepted it; drives per-message TTL.
+    /// When this process accepted or loaded it.
     pub received: Instant,
+    /// Its age when this process loaded it from the journal (zero for a
+    /// message published since the start); with `received`, drives TTL.
+    pub earlier: Duration,
     /// The named client session that published it, if it has a name
     /// (sessions.rs); subscriptions that refuse their own messages use it.
     pub origin: Option<Arc<str>>,
@@ -207,6 +225,7 @@ impl Message {
             properties,
             body,
             received: Instant::now(),
+            earlier: Duration::ZERO,
             origin: None,
         }))
     }
@@ -224,6 +243,7 @@ impl Message {
                     properties: d.properties.clone(),
                     body: d.body.clone(),
                     received: d.received,
+                    earlier: d.earlier,
                     origin: Some(origin),
                 }));
             }
@@ -257,9 +277,14 @@ impl Message {
     pub fn size(&self) -> usize {
         self.0.body.len()
     }
-    /// When the broker accepted it.
+    /// When this process accepted or loaded it.
     pub fn received(&self) -> Instant {
         self.0.received
+    }
+    /// How long ago the broker accepted it, counting time it spent in the
+    /// journal while the broker was down.
+    pub fn age(&self) -> Duration {
+        self.0.earlier + self.0.received.elapsed()
     }
 
     /// A copy with other routing and properties; the body stays shared.
@@ -275,6 +300,7 @@ impl Message {
             properties,
             body: self.0.body.clone(),
             received: Instant::now(),
+            earlier: Duration::ZERO,
             origin: self.0.origin.clone(),
         }))
     }

@@ -94,25 +94,45 @@ impl Broker {
             limits,
             connections: Connections::default(),
             stats: Arc::new(stats),
-            journal,
+            journal: journal.clone(),
             alarms: alarm::AlarmState::default(),
         };
         for v in vhosts {
-            broker.add_vhost(v);
+            broker.restore_vhost(v);
         }
         broker.users.grant_configured(vhosts);
+        // Configured users and their grants come from the config on every
+        // start; only what changes from here on is journalled.
+        broker.users.record_to(journal);
         Arc::new(broker)
     }
 
-    /// Adds a vhost (no-op if it exists).
+    /// Adds a vhost (no-op if it exists); a new one is journalled.
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
+        let (vhost, new) = self.insert_vhost(name);
+        if new {
+            self.journal
+                .record(&VHostName::from(name), Change::VHostCreated);
+        }
+        vhost
+    }
+
+    /// Adds a vhost from the config or the journal, without recording it.
+    pub fn restore_vhost(&self, name: &str) -> Arc<VHost> {
+        self.insert_vhost(name).0
+    }
+
+    fn insert_vhost(&self, name: &str) -> (Arc<VHost>, bool) {
         let mut vhosts = self.vhosts.write().unwrap_or_else(|p| p.into_inner());
-        vhosts
+        let mut new = false;
+        let vhost = vhosts
             .entry(VHostName::from(name))
             .or_insert_with(|| {
+                new = true;
                 VHost::with_stats(name.into(), self.journal.clone(), self.stats.clone())
             })
-            .clone()
+            .clone();
+        (vhost, new)
     }
 
     /// Removes a vhost: closes its connections, deletes its queues (their
@@ -133,7 +153,20 @@ impl Broker {
             let _ = vhost.delete_queue(q.name().as_str(), false, false, q.spec().exclusive);
         }
         self.users.clear_vhost(name);
+        // Last, after the deletions of its queues, so replay ends with the
+        // vhost gone.
+        self.journal
+            .record(&VHostName::from(name), Change::VHostDeleted);
         true
+    }
+
+    /// Removes a vhost the journal says was deleted, without recording it.
+    pub fn forget_vhost(&self, name: &str) {
+        self.vhosts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        self.users.clear_vhost(name);
     }
 
     /// Looks up a vhost.

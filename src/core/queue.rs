@@ -340,6 +340,8 @@ pub struct Restored {
     pub priority: Option<u8>,
     /// Its per-message TTL in milliseconds.
     pub ttl: Option<u64>,
+    /// How long ago it was published (TTLs count from then).
+    pub age: Duration,
     /// Body bytes.
     pub size: u32,
     /// Times it was handed out before.
@@ -620,15 +622,26 @@ impl Queue {
     }
 
     fn expiry(&self, message: &Message) -> Option<Instant> {
-        self.expiry_from(message.received(), message.properties().ttl_millis())
+        self.expiry_from(
+            Instant::now(),
+            message.age(),
+            message.properties().ttl_millis(),
+        )
     }
 
-    fn expiry_from(&self, received: Instant, message_ttl: Option<u64>) -> Option<Instant> {
+    /// When a message `age` old at `now` expires. Counted forward from now
+    /// rather than back from its arrival, which may precede this process.
+    fn expiry_from(
+        &self,
+        now: Instant,
+        age: Duration,
+        message_ttl: Option<u64>,
+    ) -> Option<Instant> {
         let ttl = match (self.args.message_ttl, message_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }?;
-        Some(received + Duration::from_millis(ttl))
+        Some(now + Duration::from_millis(ttl).saturating_sub(age))
     }
 
     /// Appends a message, enforces the length limits, and hands it to a
@@ -1148,7 +1161,7 @@ impl Queue {
             let key = (self.rank(m.priority), m.id);
             st.next_seq = st.next_seq.max(m.id + 1);
             st.ready_bytes += u64::from(m.size);
-            let expires_at = self.expiry_from(now, m.ttl);
+            let expires_at = self.expiry_from(now, m.age, m.ttl);
             let entry = Entry {
                 message: m.message,
                 size: m.size,

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::binding_options::TopicBinding;
+use super::change::{Change, Logged};
 use super::message::{Message, Value};
 use super::names::RoutingKey;
 
@@ -39,11 +40,31 @@ impl RetainedStore {
     /// Looks at a message published to `exchange` and stores or clears its
     /// key if it asks to be retained. Returns whether the store changed.
     pub fn offer(&self, exchange: &str, message: &Message) -> bool {
+        self.offer_recorded(exchange, message, |_| None).is_some()
+    }
+
+    /// As `offer`, handing the change to `record` (the journal) under the
+    /// store's lock, so the journal's order per key is the store's.
+    /// Returns `None` when the message is not retained, else where its
+    /// record went.
+    pub fn offer_recorded(
+        &self,
+        exchange: &str,
+        message: &Message,
+        record: impl FnOnce(Change) -> Option<Logged>,
+    ) -> Option<Option<Logged>> {
         if exchange != RETAINING_EXCHANGE || !wants_retain(message) {
-            return false;
+            return None;
         }
-        self.retain(message.clone());
-        true
+        let mut map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        let change = if message.body().is_empty() {
+            map.remove(message.routing_key())?;
+            Change::RetainedCleared(message.routing_key().clone())
+        } else {
+            map.insert(message.routing_key().clone(), message.clone());
+            Change::RetainedSet(message.clone())
+        };
+        Some(record(change))
     }
 
     /// Stores a message under its routing key; an empty body clears the key.
@@ -88,7 +109,7 @@ fn expired(message: &Message) -> bool {
     message
         .properties()
         .ttl_millis()
-        .is_some_and(|ttl| message.received().elapsed() >= Duration::from_millis(ttl))
+        .is_some_and(|ttl| message.age() >= Duration::from_millis(ttl))
 }
 
 #[cfg(test)]

@@ -10,9 +10,14 @@
 //! Each claim bumps the name's generation, so a timer started when one
 //! connection ended (session expiry, a delayed will) can tell whether a
 //! newer connection has come since.
+//!
+//! A session that outlives its connection is also recorded in the journal
+//! (`Change::Session*`, through `VHost::record_session`); after a restart
+//! the registry starts with each one parked, its state a `StoredSession`
+//! the adapter turns back into its own on the next claim.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use super::delivery::{Event, EventSink};
@@ -43,6 +48,20 @@ impl std::fmt::Debug for Entry {
     }
 }
 
+/// What the journal keeps of a session that outlives its connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredSession {
+    /// Seconds it outlives its connection; `u32::MAX` is forever.
+    pub expiry_secs: u32,
+    /// When it was last parked (milliseconds since the Unix epoch);
+    /// `None` if it was connected when the broker stopped.
+    pub parked_at_ms: Option<u64>,
+    /// Inbound ids of unfinished exchanges (Change::SessionId).
+    pub inbound: BTreeSet<u16>,
+    /// Outbound ids of unfinished exchanges.
+    pub outbound: BTreeSet<u16>,
+}
+
 /// What a claim found.
 #[derive(Debug)]
 pub struct Claim {
@@ -62,6 +81,8 @@ pub struct SessionRegistry {
     // Held for map updates only, never across `.await`; taken after any
     // vhost lock and never together with a queue's lock.
     entries: Mutex<HashMap<String, Entry>>,
+    /// Names with a session recorded in the journal. A leaf lock.
+    stored: Mutex<HashSet<String>>,
 }
 
 impl SessionRegistry {
@@ -170,6 +191,48 @@ impl SessionRegistry {
     /// Whether a name has a session, held or parked.
     pub fn contains(&self, name: &str) -> bool {
         self.lock().contains_key(name)
+    }
+
+    /// Marks a name as recorded in the journal (true) or not; returns
+    /// whether it was.
+    pub fn set_stored(&self, name: &str, stored: bool) -> bool {
+        let mut set = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+        if stored {
+            !set.insert(name.to_owned())
+        } else {
+            set.remove(name)
+        }
+    }
+
+    /// Whether a name has a session recorded in the journal.
+    pub fn is_stored(&self, name: &str) -> bool {
+        self.stored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+    }
+
+    /// Parks a session read back from the journal; returns its generation.
+    pub fn park_stored(&self, name: &str, stored: StoredSession) -> u64 {
+        self.set_stored(name, true);
+        let mut entries = self.lock();
+        let entry = entries.entry(name.to_owned()).or_insert_with(|| Entry {
+            holder: None,
+            state: Arc::new(()),
+            generation: 0,
+        });
+        entry.generation += 1;
+        entry.state = Arc::new(stored);
+        entry.generation
+    }
+
+    /// Every parked session: name, generation and state.
+    pub fn parked(&self) -> Vec<(String, u64, SessionState)> {
+        self.lock()
+            .iter()
+            .filter(|(_, e)| e.holder.is_none())
+            .map(|(n, e)| (n.clone(), e.generation, e.state.clone()))
+            .collect()
     }
 
     /// Named sessions, held or parked.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use tokio::time::Instant;
 
 use super::binding_index::BindingIndex;
-use super::change::{Change, ChangeLog};
+use super::change::{Change, ChangeLog, Logged};
 use super::error::{CoreError, CoreResult};
 use super::exchange::{BindingSpec, Destination, Exchange, ExchangeKind, ExchangeSpec, Target};
 use super::message::{Headers, Message, Value};
@@ -148,6 +148,25 @@ impl VHost {
     /// Its named client sessions (sessions.rs).
     pub fn sessions(&self) -> &SessionRegistry {
         &self.sessions
+    }
+
+    /// Records a change of a named session that outlives its connection
+    /// (`Change::Session*`); returns where it went. An end or an id of a
+    /// session that was never recorded records nothing.
+    pub fn record_session(&self, change: Change) -> Option<Logged> {
+        match &change {
+            Change::SessionOpened { name, .. } | Change::SessionParked { name, .. } => {
+                self.sessions.set_stored(name, true);
+            }
+            Change::SessionEnded { name } if !self.sessions.set_stored(name, false) => {
+                return None;
+            }
+            Change::SessionId { name, .. } if !self.sessions.is_stored(name) => {
+                return None;
+            }
+            _ => {}
+        }
+        self.journal.record(&self.name, change)
     }
 
     fn meta(&self) -> MutexGuard<'_, Meta> {
@@ -688,8 +707,16 @@ impl VHost {
         }
         let mut targets = Vec::new();
         self.collect(&routes, exchange, &message, &mut targets, &mut Vec::new());
-        self.retained.offer(exchange.spec.name.as_str(), &message);
-        Ok(self.deliver(&targets, message, false))
+        let retained = self
+            .retained
+            .offer_recorded(exchange.spec.name.as_str(), &message, |change| {
+                self.journal.record(&self.name, change)
+            })
+            .flatten();
+        let mut outcome = self.deliver(&targets, message, false);
+        // The confirm also promises the retained copy.
+        outcome.durable_at = outcome.durable_at.max(retained.map(|l| l.seq));
+        Ok(outcome)
     }
 
     fn deliver(

@@ -192,11 +192,7 @@ async fn linger(f: Farewell) {
         }
         if let Some(expiry) = f.expiry {
             sleep_until(start + Duration::from_secs(expiry.into())).await;
-            if vhost.sessions().expire(&client_id, generation).is_some()
-                && let Some(q) = queue
-            {
-                let _ = vhost.delete_queue(q.as_str(), false, false, None);
-            }
+            super::durable::expire(&vhost, &client_id, generation, queue.as_ref());
         }
     });
 }

@@ -131,7 +131,7 @@ pub fn published_retained(m: &Message) -> bool {
 /// has, `None` when it never does.
 pub fn remaining_expiry(m: &Message) -> Option<u32> {
     let ttl = Duration::from_millis(m.properties().ttl_millis()?);
-    let left = ttl.saturating_sub(m.received().elapsed());
+    let left = ttl.saturating_sub(m.age());
     // Round up so a message with 0.4 s left is not sent as "no expiry".
     let secs = left.as_millis().div_ceil(1000);
     Some(u32::try_from(secs).unwrap_or(u32::MAX))

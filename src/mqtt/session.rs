@@ -492,10 +492,11 @@ impl Session {
             TAKEN_OVER,
             || Arc::new(Mutex::new(Persistent::default())),
         );
-        let state = claim
-            .state
-            .downcast::<Mutex<Persistent>>()
-            .unwrap_or_else(|_| Arc::new(Mutex::new(Persistent::default())));
+        let state = match claim.state.downcast::<Mutex<Persistent>>() {
+            Ok(s) => s,
+            Err(other) => super::durable::resume(&vhost, &self.client_id, &other)
+                .unwrap_or_else(|| Arc::new(Mutex::new(Persistent::default()))),
+        };
         let mut session_present = claim.resumed;
         {
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -534,6 +535,12 @@ impl Session {
             // The bindings of a queue that outlived its session state.
             self.persist().subscriptions.clear();
         }
+        super::durable::connected(
+            &vhost,
+            &self.client_id,
+            self.session_expiry,
+            session_present,
+        );
 
         let ack = v5::ConnectAck {
             session_present,
@@ -709,6 +716,7 @@ impl Session {
                     }
                     if o.qos == QoS::ExactlyOnce && u8::from(a.reason_code) < 0x80 {
                         self.persist().released.insert(id);
+                        self.record_packet_id(true, id, true);
                         self.write(v5::Packet::PublishRelease(ack2(a.packet_id)), out);
                     } else {
                         self.drain_held(out);
@@ -720,6 +728,7 @@ impl Session {
             }
             P::PublishComplete(a) => {
                 if self.persist().released.remove(&a.packet_id.get()) {
+                    self.record_packet_id(true, a.packet_id.get(), false);
                     self.drain_held(out);
                 }
                 Ok(())
@@ -727,7 +736,9 @@ impl Session {
             P::PublishRelease(a) => {
                 let known = self.persist().incoming_qos2.remove(&a.packet_id.get());
                 let mut reply = ack2(a.packet_id);
-                if !known {
+                if known {
+                    self.record_packet_id(false, a.packet_id.get(), false);
+                } else {
                     reply.reason_code = PublishAck2Reason::PacketIdNotFound;
                     reply.reason_string = Some(ByteString::from(format!(
                         "no QoS 2 publish with packet id {} awaits PUBREL",
@@ -877,6 +888,8 @@ impl Session {
             QoS::ExactlyOnce => {
                 if u8::from(reason) < 0x80 {
                     self.persist().incoming_qos2.insert(pid.get());
+                    // PUBREC waits for the id too: a restart must not route a resent PUBLISH again.
+                    durable_at = durable_at.max(self.record_packet_id(false, pid.get(), true));
                 }
                 v5::Packet::PublishReceived(reply)
             }
@@ -888,6 +901,12 @@ impl Session {
             _ => self.write(packet, out),
         }
         Ok(())
+    }
+
+    /// Records a QoS 2 packet id of a session that outlives its connection.
+    fn record_packet_id(&self, outbound: bool, id: u16, held: bool) -> Option<LogPosition> {
+        let vhost = self.vhost.as_ref().filter(|_| self.session_expiry > 0)?;
+        super::durable::packet_id(vhost, &self.client_id, outbound, id, held)
     }
 
     /// The journal reached `position`: acks waiting for it go out.
@@ -1459,6 +1478,7 @@ impl Session {
         } else {
             None
         };
+        super::durable::released(&vhost, &self.client_id, self.session_expiry, generation);
         if !durable
             && generation.is_some()
             && let Some(q) = &self.queue
@@ -1502,7 +1522,7 @@ impl Session {
 }
 
 /// The queue holding a session's subscriptions (RabbitMQ's name for it).
-fn session_queue_name(client_id: &str) -> QueueName {
+pub(super) fn session_queue_name(client_id: &str) -> QueueName {
     QueueName::from(format!("mqtt-subscription-{client_id}qos1"))
 }
 
@@ -1533,7 +1553,7 @@ impl Subscription {
     }
 
     /// A subscription read back from its binding.
-    fn from_binding(b: &BindingSpec) -> Option<(String, Subscription)> {
+    pub(super) fn from_binding(b: &BindingSpec) -> Option<(String, Subscription)> {
         let args = &b.arguments;
         let raw = args.get(ARG_FILTER)?.as_str()?.to_owned();
         let filter = topic::parse_filter(&raw).ok()?;

@@ -12,7 +12,15 @@
 //! begin with a checkpoint of every vhost's durable metadata, so the
 //! oldest segments can be deleted once no message in them is live.
 //! Deletion only ever takes the oldest segment: a later segment may hold
-//! the `Removed` record of a message in an earlier one.
+//! the `Removed` record of a message in an earlier one. And only once the
+//! segment after it is on disk, whose checkpoint holds what the deleted
+//! one declared.
+//!
+//! A failed write (disk full, I/O error) confirms nothing: the batch is cut
+//! off the file and retried, the broker's disk alarm blocks publishers,
+//! and consumers go on. Their acknowledgements empty old segments, which
+//! are deleted between retries, so a full disk frees up and writing
+//! resumes by itself.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -308,7 +316,7 @@ fn writer_loop(shared: &Shared) {
     let dir = shared.config.dir.clone();
     let mut file: Option<File> = None;
     loop {
-        let (chunks, last, dead) = {
+        let (chunks, last) = {
             let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             while st.chunks.is_empty() && !st.closed {
                 st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -328,16 +336,7 @@ fn writer_loop(shared: &Shared) {
             st.pending_records = 0;
             let chunks = std::mem::take(&mut st.chunks);
             let last = st.next_seq - 1;
-            // Oldest segments with nothing live can go once newer ones exist.
-            let mut dead = Vec::new();
-            while let Some((&seg, &n)) = st.live.first_key_value() {
-                if n > 0 || seg == st.active {
-                    break;
-                }
-                st.live.remove(&seg);
-                dead.push(seg);
-            }
-            (chunks, last, dead)
+            (chunks, last)
         };
         // Timed from the first attempt: retries are latency publishers see.
         let started = std::time::Instant::now();
@@ -351,6 +350,10 @@ fn writer_loop(shared: &Shared) {
             {
                 tracing::error!(error = %e, dir = %dir.display(), "journal write failed; confirms are withheld and publishers blocked until it succeeds");
             }
+            // A full disk frees up as consumers acknowledge: segments with
+            // nothing live left go now rather than after the write, or the
+            // write waiting for their space would never happen.
+            reclaim(shared, &dir);
             std::thread::sleep(WRITE_RETRY);
             if shared
                 .state
@@ -374,19 +377,43 @@ fn writer_loop(shared: &Shared) {
             h.record(started.elapsed().as_secs_f64());
         }
         shared.durable.send_replace(last);
-        for seg in dead {
-            shared
-                .files
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&seg);
-            if let Err(e) = fs::remove_file(segment_path(&dir, seg)) {
-                tracing::warn!(error = %e, segment = seg, "could not delete a reclaimed segment");
-            }
-        }
+        reclaim(shared, &dir);
     }
     if let Some(f) = file {
         let _ = f.sync_data();
+    }
+}
+
+/// Deletes the oldest segments with nothing live whose successor is
+/// already on disk: the successor's checkpoint then holds the metadata
+/// they recorded, so none is lost even before pending records land.
+fn reclaim(shared: &Shared, dir: &Path) {
+    let durable = *shared.durable.borrow();
+    let mut dead = Vec::new();
+    {
+        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((&seg, &n)) = st.live.first_key_value() {
+            let successor_durable = st
+                .live
+                .range(seg + 1..)
+                .next()
+                .is_some_and(|(&next, _)| next <= durable);
+            if n > 0 || seg == st.active || !successor_durable {
+                break;
+            }
+            st.live.remove(&seg);
+            dead.push(seg);
+        }
+    }
+    for seg in dead {
+        shared
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seg);
+        if let Err(e) = fs::remove_file(segment_path(dir, seg)) {
+            tracing::warn!(error = %e, segment = seg, "could not delete a reclaimed segment");
+        }
     }
 }
 

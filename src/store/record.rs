@@ -6,14 +6,16 @@
 //! `len` counts seq + payload; the CRC covers seq + payload, so a torn or
 //! corrupted record is recognised and recovery stops there.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::change::{Change, LogPosition};
+use crate::core::auth::{PermissionSpec, User};
+use crate::core::change::{BROKER_WIDE, Change, LogPosition};
 use crate::core::exchange::{BindingSpec, ExchangeSpec};
 use crate::core::queue::QueueSpec;
-use crate::core::{ExchangeName, QueueName, VHostName};
+use crate::core::sessions::StoredSession;
+use crate::core::{ExchangeName, Message, QueueName, RoutingKey, VHostName};
 
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 16;
@@ -22,11 +24,17 @@ pub const MAX_RECORD: usize = 64 * 1024 * 1024;
 
 /// The durable metadata of every vhost, as of one point in the log.
 /// Written at the head of each segment so older segments can be deleted
-/// without losing declarations.
+/// without losing declarations. Retained messages count as metadata here:
+/// few, small, and replaced rather than consumed.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Definitions {
     /// Per vhost.
     pub vhosts: BTreeMap<VHostName, VHostDefinitions>,
+    /// Vhosts deleted at runtime, so a configured one stays deleted.
+    pub deleted_vhosts: BTreeSet<VHostName>,
+    /// Users changed at runtime; `None` is one deleted. Applied over the
+    /// configured users at start.
+    pub users: BTreeMap<String, Option<User>>,
 }
 
 /// One vhost's durable metadata.
@@ -38,11 +46,37 @@ pub struct VHostDefinitions {
     pub queues: BTreeMap<QueueName, (u64, QueueSpec)>,
     /// Bindings between durable ends, in the order made.
     pub bindings: Vec<BindingSpec>,
+    /// Retained messages by routing key.
+    pub retained: BTreeMap<RoutingKey, Message>,
+    /// Named client sessions that outlive their connections.
+    pub sessions: BTreeMap<String, StoredSession>,
+    /// Permissions changed at runtime, by user; `None` is one cleared.
+    pub permissions: BTreeMap<String, Option<PermissionSpec>>,
 }
 
 impl Definitions {
     /// Applies a metadata change; message changes are ignored.
     pub fn apply(&mut self, vhost: &VHostName, change: &Change) {
+        match change {
+            Change::UserPut(user) if vhost.as_str() == BROKER_WIDE => {
+                self.users.insert(user.name.clone(), Some(user.clone()));
+                return;
+            }
+            Change::UserDeleted(name) if vhost.as_str() == BROKER_WIDE => {
+                self.users.insert(name.clone(), None);
+                for v in self.vhosts.values_mut() {
+                    v.permissions.remove(name);
+                }
+                return;
+            }
+            Change::VHostDeleted => {
+                self.vhosts.remove(vhost);
+                self.deleted_vhosts.insert(vhost.clone());
+                return;
+            }
+            _ => {}
+        }
+        self.deleted_vhosts.remove(vhost);
         let v = self.vhosts.entry(vhost.clone()).or_default();
         match change {
             Change::ExchangeDeclared(spec) => {
@@ -73,7 +107,69 @@ impl Definitions {
                 }
             }
             Change::Unbound(spec) => v.bindings.retain(|b| b != spec),
-            Change::Enqueued { .. } | Change::Delivered { .. } | Change::Removed { .. } => {}
+            Change::RetainedSet(message) => {
+                v.retained
+                    .insert(message.routing_key().clone(), message.clone());
+            }
+            Change::RetainedCleared(key) => {
+                v.retained.remove(key);
+            }
+            Change::SessionOpened {
+                name,
+                expiry_secs,
+                fresh,
+            } => {
+                let s = v.sessions.entry(name.clone()).or_default();
+                if *fresh {
+                    *s = StoredSession::default();
+                }
+                s.expiry_secs = *expiry_secs;
+                s.parked_at_ms = None;
+            }
+            Change::SessionParked {
+                name,
+                expiry_secs,
+                at_ms,
+            } => {
+                let s = v.sessions.entry(name.clone()).or_default();
+                s.expiry_secs = *expiry_secs;
+                s.parked_at_ms = Some(*at_ms);
+            }
+            Change::SessionEnded { name } => {
+                v.sessions.remove(name);
+            }
+            Change::SessionId {
+                name,
+                outbound,
+                id,
+                held,
+            } => {
+                if let Some(s) = v.sessions.get_mut(name) {
+                    let ids = if *outbound {
+                        &mut s.outbound
+                    } else {
+                        &mut s.inbound
+                    };
+                    if *held {
+                        ids.insert(*id);
+                    } else {
+                        ids.remove(id);
+                    }
+                }
+            }
+            Change::PermissionSet { user, permission } => {
+                v.permissions.insert(user.clone(), Some(permission.clone()));
+            }
+            Change::PermissionCleared { user } => {
+                v.permissions.insert(user.clone(), None);
+            }
+            Change::Enqueued { .. }
+            | Change::Delivered { .. }
+            | Change::Removed { .. }
+            | Change::VHostCreated
+            | Change::VHostDeleted
+            | Change::UserPut(_)
+            | Change::UserDeleted(_) => {}
         }
     }
 

@@ -29,6 +29,8 @@ pub struct LiveMessage {
     pub priority: Option<u8>,
     /// Its per-message TTL, milliseconds.
     pub ttl: Option<u64>,
+    /// Its age when read back (TTLs count from its publication).
+    pub age: std::time::Duration,
     /// Body bytes.
     pub size: u32,
     /// Times it was handed out.
@@ -151,6 +153,7 @@ fn apply(out: &mut Recovered, logged: Logged, entry: Entry) {
             let live = LiveMessage {
                 priority: message.properties().priority,
                 ttl: message.properties().ttl_millis(),
+                age: message.age(),
                 size: message.size() as u32,
                 message: keep.then_some(message),
                 deliveries: 0,
@@ -182,32 +185,51 @@ fn apply(out: &mut Recovered, logged: Logged, entry: Entry) {
 /// journalling it again. Returns the number of messages restored.
 pub fn restore(broker: &Arc<Broker>, rec: &mut Recovered) -> usize {
     let mut restored = 0;
+    for name in &rec.defs.deleted_vhosts {
+        broker.forget_vhost(name.as_str());
+    }
+    let mut permissions = Vec::new();
     for (vhost_name, defs) in &rec.defs.vhosts {
-        let vhost = broker.add_vhost(vhost_name.as_str());
+        let vhost = broker.restore_vhost(vhost_name.as_str());
         for spec in defs.exchanges.values() {
             vhost.restore_exchange(spec.clone());
         }
         for (uid, spec) in defs.queues.values() {
-            let messages = rec.messages.remove(uid).unwrap_or_default();
-            restored += messages.len();
-            vhost.restore_queue(
-                spec.clone(),
-                *uid,
-                messages.into_iter().map(|(id, m)| Restored {
-                    id,
-                    message: m.message,
-                    priority: m.priority,
-                    ttl: m.ttl,
-                    size: m.size,
-                    deliveries: m.deliveries,
-                    logged: m.logged,
-                }),
-            );
+            vhost.restore_queue(spec.clone(), *uid, std::iter::empty());
         }
         for b in &defs.bindings {
             vhost.restore_binding(b.clone());
         }
+        // Messages last: one that expired while the broker was down is
+        // dead-lettered at once, through bindings that must be back.
+        for (uid, spec) in defs.queues.values() {
+            let messages = rec.messages.remove(uid).unwrap_or_default();
+            restored += messages.len();
+            let Some(queue) = vhost.queue(spec.name.as_str()) else {
+                continue;
+            };
+            queue.restore(messages.into_iter().map(|(id, m)| Restored {
+                id,
+                message: m.message,
+                priority: m.priority,
+                ttl: m.ttl,
+                age: m.age,
+                size: m.size,
+                deliveries: m.deliveries,
+                logged: m.logged,
+            }));
+        }
+        for message in defs.retained.values() {
+            vhost.retained().retain(message.clone());
+        }
+        for (name, session) in &defs.sessions {
+            vhost.sessions().park_stored(name, session.clone());
+        }
+        for (user, spec) in &defs.permissions {
+            permissions.push((user.clone(), vhost_name.to_string(), spec.clone()));
+        }
     }
+    broker.users.restore(&rec.defs.users, &permissions);
     restored
 }
 
@@ -333,6 +355,67 @@ mod tests {
             rec.defs.vhosts["/"].queues.contains_key("q"),
             "metadata survives in checkpoints"
         );
+    }
+
+    #[test]
+    fn retained_messages_and_sessions_outlive_the_segments_that_recorded_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let journal = Journal::start(
+            config(dir.path(), 2048),
+            1,
+            Definitions::default(),
+            BTreeMap::new(),
+        )
+        .expect("journal starts");
+        let vhost = "/".into();
+        let mut retained = message(1);
+        retained = Message::new(
+            "amq.topic".into(),
+            "a.b".into(),
+            retained.properties().clone(),
+            retained.body().clone(),
+        );
+        journal.record(&vhost, Change::RetainedSet(retained));
+        journal.record(
+            &vhost,
+            Change::SessionOpened {
+                name: "c1".into(),
+                expiry_secs: 60,
+                fresh: true,
+            },
+        );
+        journal.record(
+            &vhost,
+            Change::SessionId {
+                name: "c1".into(),
+                outbound: false,
+                id: 9,
+                held: true,
+            },
+        );
+        // Enough traffic to roll past, and reclaim, the first segment.
+        for i in 0..100 {
+            journal.record(
+                &vhost,
+                Change::RetainedSet(Message::new(
+                    "amq.topic".into(),
+                    format!("churn.{}", i % 3).as_str().into(),
+                    Properties::default(),
+                    Bytes::from(vec![0u8; 100]),
+                )),
+            );
+        }
+        journal.shutdown();
+        assert!(
+            !segment_path(dir.path(), 1).exists(),
+            "the first segment was reclaimed"
+        );
+        let rec = recover(dir.path()).expect("recovers");
+        let v = &rec.defs.vhosts["/"];
+        assert_eq!(v.retained.len(), 4);
+        assert_eq!(v.retained["a.b"].body().len(), 100);
+        let s = &v.sessions["c1"];
+        assert_eq!((s.expiry_secs, s.inbound.len()), (60, 1));
     }
 
     /// Record end offsets within one segment file.

@@ -1,0 +1,143 @@
+//! MQTT sessions across a broker restart.
+//!
+//! A persistent session's queue, bindings (its subscriptions) and messages
+//! are durable core state already. What only the session knows is recorded
+//! here as `Change::Session*` records: that it exists and when it expires
+//! (so CONNACK says session-present after a restart and an abandoned
+//! session still expires), and the QoS 2 packet ids in flight, so
+//! exactly-once holds across a restart: an inbound id is recorded before
+//! its PUBREC goes out, so a PUBLISH resent after the restart is not routed
+//! twice and its PUBREL finds the id.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::core::change::{Change, LogPosition};
+use crate::core::message::now_ms;
+use crate::core::sessions::{SessionState, StoredSession};
+use crate::core::{Broker, QueueName, VHost};
+
+use super::session::{Persistent, Subscription, session_queue_name};
+use crate::core::exchange::Destination;
+use crate::core::retained::RETAINING_EXCHANGE;
+
+/// The session state for a claim that found a session read back from the
+/// journal: its subscriptions from its queue's bindings, its packet ids
+/// from the journal. `None` when `state` is no such session.
+pub(super) fn resume(
+    vhost: &VHost,
+    client_id: &str,
+    state: &SessionState,
+) -> Option<Arc<Mutex<Persistent>>> {
+    let stored = state.downcast_ref::<StoredSession>()?;
+    let dest = Destination::Queue(session_queue_name(client_id));
+    let subscriptions = vhost
+        .bindings()
+        .iter()
+        .filter(|b| b.destination == dest && b.source.as_str() == RETAINING_EXCHANGE)
+        .filter_map(Subscription::from_binding)
+        .collect();
+    Some(Arc::new(Mutex::new(Persistent {
+        subscriptions,
+        incoming_qos2: stored.inbound.iter().copied().collect(),
+        released: stored.outbound.iter().copied().collect(),
+        durable: true,
+    })))
+}
+
+/// CONNACK is about to go out: a session that outlives its connection is
+/// recorded (fresh unless resumed); one that does not ends any recorded
+/// session of the same client id.
+pub(super) fn connected(vhost: &VHost, client_id: &str, expiry_secs: u32, present: bool) {
+    let name = client_id.to_owned();
+    vhost.record_session(if expiry_secs > 0 {
+        Change::SessionOpened {
+            name,
+            expiry_secs,
+            fresh: !present,
+        }
+    } else {
+        Change::SessionEnded { name }
+    });
+}
+
+/// The connection ended: a parked session records when it expires, one
+/// that ended with its connection is forgotten. `parked` is `None` when
+/// another connection took the session over.
+pub(super) fn released(vhost: &VHost, client_id: &str, expiry_secs: u32, parked: Option<u64>) {
+    if parked.is_none() {
+        return;
+    }
+    let name = client_id.to_owned();
+    vhost.record_session(if expiry_secs > 0 {
+        Change::SessionParked {
+            name,
+            expiry_secs,
+            at_ms: now_ms(),
+        }
+    } else {
+        Change::SessionEnded { name }
+    });
+}
+
+/// A QoS 2 packet id was taken (`held`) or let go; returns the journal
+/// position an acknowledgement must wait for.
+pub(super) fn packet_id(
+    vhost: &VHost,
+    client_id: &str,
+    outbound: bool,
+    id: u16,
+    held: bool,
+) -> Option<LogPosition> {
+    vhost
+        .record_session(Change::SessionId {
+            name: client_id.to_owned(),
+            outbound,
+            id,
+            held,
+        })
+        .map(|l| l.seq)
+}
+
+/// Expires a parked session if no connection claimed it since
+/// `generation`: its queue goes, and so does its record.
+pub fn expire(vhost: &VHost, client_id: &str, generation: u64, queue: Option<&QueueName>) {
+    if vhost.sessions().expire(client_id, generation).is_none() {
+        return;
+    }
+    if let Some(q) = queue {
+        let _ = vhost.delete_queue(q.as_str(), false, false, None);
+    }
+    vhost.record_session(Change::SessionEnded {
+        name: client_id.to_owned(),
+    });
+}
+
+/// Starts the expiry timers of the sessions read back from the journal,
+/// counted from when each was parked (from now if it was connected when
+/// the broker stopped). A session whose queue is gone ends at once.
+pub fn expire_recovered(broker: &Broker) {
+    for vhost in broker.vhosts() {
+        for (name, generation, state) in vhost.sessions().parked() {
+            let Some(stored) = state.downcast_ref::<StoredSession>() else {
+                continue;
+            };
+            let queue = session_queue_name(&name);
+            if vhost.queue(queue.as_str()).is_none() {
+                expire(&vhost, &name, generation, None);
+                continue;
+            }
+            if stored.expiry_secs == u32::MAX {
+                continue;
+            }
+            let deadline =
+                stored.parked_at_ms.unwrap_or_else(now_ms) + u64::from(stored.expiry_secs) * 1000;
+            let left = Duration::from_millis(deadline.saturating_sub(now_ms()));
+            let vhost = vhost.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(left).await;
+                expire(&vhost, &name, generation, Some(&queue));
+            });
+        }
+    }
+}
