@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rmqtt_codec::v5::DisconnectReasonCode;
+use rmqtt_codec::v5::{self, DisconnectReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::codec::Decoder;
+use super::codec::{Decoder, Inbound};
 use super::error::Disconnect;
 use super::session::{Farewell, Session, Settings, publish_will};
 use crate::core::Broker;
+use crate::core::alarm::Alarms;
 
 /// Events taken from the connection's channel per wake-up.
 const EVENT_BATCH: usize = 512;
@@ -47,6 +49,11 @@ pub async fn serve<S>(
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = crate::core::event_channel::channel();
     let mut durable = broker.durable();
+    let mut alarms = Some(broker.alarms.watch());
+    // A PUBLISH arrived during a resource alarm: nothing more is read until
+    // it clears, so the publisher feels TCP back-pressure (as RabbitMQ's
+    // MQTT adapter does), while what was sent to it still goes out.
+    let mut held = false;
     let mut decoder = Decoder::new(settings.max_packet);
     let mut session = Session::new(broker, settings, peer, tx);
     let mut rbuf = BytesMut::new();
@@ -75,13 +82,13 @@ pub async fn serve<S>(
         let keep_alive = session.keep_alive();
         let deadline = if !session.is_open() {
             started + CONNECT_TIMEOUT
-        } else if keep_alive > 0 {
+        } else if keep_alive > 0 && !held {
             // MQTT-3.1.2-24: one and a half keepalives without a packet.
             last_read + Duration::from_millis(u64::from(keep_alive) * 1500)
         } else {
             Instant::now() + Duration::from_secs(3600)
         };
-        let can_read = !eof && !session.is_done() && wbuf.len() < WRITE_HIGH_WATER;
+        let can_read = !eof && !held && !session.is_done() && wbuf.len() < WRITE_HIGH_WATER;
         if can_read && rbuf.capacity() - rbuf.len() < read_size / 2 {
             rbuf.reserve(read_size);
         }
@@ -106,22 +113,18 @@ pub async fn serve<S>(
                 session.received(n);
                 read_size = if n >= READ_SMALL / 2 { READ_CHUNK } else { READ_SMALL };
                 last_read = Instant::now();
-                loop {
-                    match decoder.decode(&mut rbuf) {
-                        Ok(Some(packet)) => {
-                            session.on_packet(packet, &mut wbuf);
-                            if session.is_done() { break; }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::info!(%peer, client = session.client_id(), error = %e, "bad MQTT input");
-                            session.on_codec_error(&e, decoder.version(), &mut wbuf);
-                            rbuf.clear();
-                            break;
-                        }
-                    }
+                held = decode_input(&mut decoder, &mut rbuf, &mut session, &mut wbuf, alarms.as_ref(), peer);
+            }
+            r = async { alarms.as_mut().expect("guarded by is_some").changed().await },
+                if alarms.is_some() && held => {
+                if r.is_err() {
+                    alarms = None;
                 }
-                session.end_of_batch();
+                if alarms.as_ref().is_none_or(|a| !a.borrow().any()) {
+                    // Packets that came in behind the held PUBLISH go first.
+                    last_read = Instant::now();
+                    held = decode_input(&mut decoder, &mut rbuf, &mut session, &mut wbuf, alarms.as_ref(), peer);
+                }
             }
             n = rx.recv_many(&mut batch, EVENT_BATCH) => {
                 if n == 0 { break; }
@@ -162,6 +165,43 @@ pub async fn serve<S>(
     let farewell = session.release();
     let _ = wr.shutdown().await;
     linger(farewell).await;
+}
+
+/// Decodes and handles the packets in `rbuf`. Returns true when a PUBLISH
+/// was handled during a resource alarm: the rest waits in `rbuf`.
+fn decode_input(
+    decoder: &mut Decoder,
+    rbuf: &mut BytesMut,
+    session: &mut Session,
+    wbuf: &mut BytesMut,
+    alarms: Option<&watch::Receiver<Alarms>>,
+    peer: SocketAddr,
+) -> bool {
+    let mut held = false;
+    loop {
+        match decoder.decode(rbuf) {
+            Ok(Some(packet)) => {
+                let publish = matches!(packet, Inbound::Packet(v5::Packet::Publish(_)));
+                session.on_packet(packet, wbuf);
+                if session.is_done() {
+                    break;
+                }
+                if publish && alarms.is_some_and(|a| a.borrow().any()) {
+                    held = true;
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::info!(%peer, client = session.client_id(), error = %e, "bad MQTT input");
+                session.on_codec_error(&e, decoder.version(), wbuf);
+                rbuf.clear();
+                break;
+            }
+        }
+    }
+    session.end_of_batch();
+    held
 }
 
 /// Publishes the will and expires the parked session when their times

@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{Item, StompCodec};
+use super::codec::{Command, Item, StompCodec};
 use super::session::{Session, Settings};
 use crate::core::Broker;
+use crate::core::alarm::Alarms;
 
 /// Events taken from the connection's channel per wake-up.
 const EVENT_BATCH: usize = 512;
@@ -40,6 +42,11 @@ where
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = crate::core::event_channel::channel();
     let mut durable = broker.durable();
+    let mut alarms = Some(broker.alarms.watch());
+    // A SEND arrived during a resource alarm: nothing more is read until it
+    // clears, so the publisher feels TCP back-pressure (as RabbitMQ's STOMP
+    // adapter does), while what was sent to it still goes out.
+    let mut held = false;
     let mut codec = StompCodec::new(settings.limits);
     let mut session = Session::new(broker, settings, peer, tx);
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
@@ -65,7 +72,7 @@ where
             break;
         }
         let beat = session.heartbeat();
-        let can_read = !eof && session.is_reading() && wbuf.len() < WRITE_HIGH_WATER;
+        let can_read = !eof && !held && session.is_reading() && wbuf.len() < WRITE_HIGH_WATER;
         let idle_out = wbuf.is_empty() && writing.is_empty();
         let now = Instant::now();
         let deadline = if let Some(at) = close_deadline {
@@ -102,33 +109,20 @@ where
                     last_read = Instant::now();
                     session.received(n);
                 }
-                loop {
-                    let decoded = if n == 0 {
-                        codec.decode_eof(&mut rbuf)
-                    } else {
-                        codec.decode(&mut rbuf)
-                    };
-                    match decoded {
-                        Ok(Some(Item::Frame(frame))) => {
-                            session.on_frame(frame, &mut wbuf);
-                            codec.set_version(session.version());
-                            if !session.is_reading() {
-                                break;
-                            }
-                        }
-                        Ok(Some(Item::Heartbeat)) => {}
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::info!(%peer, user = session.user_name(), vhost = session.vhost_name(),
-                                error = %e, "bad STOMP input");
-                            session.on_codec_error(&e, &mut wbuf);
-                            rbuf.clear();
-                            break;
-                        }
-                    }
-                }
+                held = decode_input(&mut codec, &mut rbuf, n == 0, &mut session, &mut wbuf, alarms.as_ref(), peer);
                 if n == 0 {
                     eof = true;
+                }
+            }
+            r = async { alarms.as_mut().expect("guarded by is_some").changed().await },
+                if alarms.is_some() && held => {
+                if r.is_err() {
+                    alarms = None;
+                }
+                if alarms.as_ref().is_none_or(|a| !a.borrow().any()) {
+                    // Frames that came in behind the held SEND go first.
+                    last_read = Instant::now();
+                    held = decode_input(&mut codec, &mut rbuf, eof, &mut session, &mut wbuf, alarms.as_ref(), peer);
                 }
             }
             n = rx.recv_many(&mut batch, EVENT_BATCH) => {
@@ -202,4 +196,47 @@ where
         discard.clear();
     }
     let _ = wr.shutdown().await;
+}
+
+/// Decodes and handles the frames in `rbuf` (`at_eof`: no more will come).
+/// Returns true when a SEND was handled during a resource alarm: the rest
+/// waits in `rbuf`.
+fn decode_input(
+    codec: &mut StompCodec,
+    rbuf: &mut BytesMut,
+    at_eof: bool,
+    session: &mut Session,
+    wbuf: &mut BytesMut,
+    alarms: Option<&watch::Receiver<Alarms>>,
+    peer: SocketAddr,
+) -> bool {
+    loop {
+        let decoded = if at_eof {
+            codec.decode_eof(rbuf)
+        } else {
+            codec.decode(rbuf)
+        };
+        match decoded {
+            Ok(Some(Item::Frame(frame))) => {
+                let send = frame.command == Command::Send;
+                session.on_frame(frame, wbuf);
+                codec.set_version(session.version());
+                if !session.is_reading() {
+                    return false;
+                }
+                if send && alarms.is_some_and(|a| a.borrow().any()) {
+                    return true;
+                }
+            }
+            Ok(Some(Item::Heartbeat)) => {}
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::info!(%peer, user = session.user_name(), vhost = session.vhost_name(),
+                    error = %e, "bad STOMP input");
+                session.on_codec_error(&e, wbuf);
+                rbuf.clear();
+                return false;
+            }
+        }
+    }
 }
