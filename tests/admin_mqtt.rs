@@ -95,3 +95,71 @@ async fn mqtt_login_needs_a_permission_in_the_vhost() {
     let (_client, ack) = V4::connect(opts).await;
     assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
 }
+
+#[tokio::test]
+async fn mqtt_publish_and_subscribe_follow_the_permission_table() {
+    use mqtt_common::{V5, v5_options};
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason, SubscribeReasonCode};
+
+    let server = start().await;
+    let api = admin(&server);
+    send(&api, "PUT", "/api/users/reader", Some(&json!({"password": "pw"}))).await;
+    // May subscribe (read amq.topic) but not publish (write).
+    let perm = json!({"configure": ".*", "write": "^$", "read": ".*"});
+    send(&api, "PUT", "/api/permissions/%2F/reader", Some(&perm)).await;
+
+    let mut opts = v5_options(&server, "reader-5");
+    opts.set_credentials("reader", "pw");
+    let (mut c, _) = V5::connect(opts).await;
+    c.client
+        .subscribe("news/#", QoS5::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
+    let granted = c
+        .expect("SUBACK", |p| match p {
+            Packet5::SubAck(a) => Some(a.return_codes),
+            _ => None,
+        })
+        .await;
+    assert_eq!(granted, vec![SubscribeReasonCode::Success(QoS5::AtLeastOnce)]);
+    c.client
+        .publish("news/1", QoS5::AtLeastOnce, false, "x")
+        .await
+        .expect("publish queued");
+    let reason = c
+        .expect("PUBACK", |p| match p {
+            Packet5::PubAck(a) => Some(a.reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, PubAckReason::NotAuthorized);
+
+    // MQTT 3.1.1 cannot refuse in a PUBACK: the connection closes.
+    let mut opts = v4_options(&server, "reader-4");
+    opts.set_credentials("reader", "pw");
+    let (mut c4, _) = V4::connect(opts).await;
+    c4.client
+        .publish("news/2", QoS::AtLeastOnce, false, "y")
+        .await
+        .expect("publish queued");
+    c4.closed("the broker to close the refused publisher").await;
+
+    // Without read access, the SUBACK refuses the filter.
+    let perm = json!({"configure": ".*", "write": ".*", "read": "^$"});
+    send(&api, "PUT", "/api/permissions/%2F/reader", Some(&perm)).await;
+    let mut opts = v5_options(&server, "reader-5b");
+    opts.set_credentials("reader", "pw");
+    let (mut c, _) = V5::connect(opts).await;
+    c.client
+        .subscribe("news/#", QoS5::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
+    let granted = c
+        .expect("SUBACK", |p| match p {
+            Packet5::SubAck(a) => Some(a.return_codes),
+            _ => None,
+        })
+        .await;
+    assert_eq!(granted, vec![SubscribeReasonCode::NotAuthorized]);
+}

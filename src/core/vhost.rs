@@ -246,6 +246,11 @@ impl VHost {
         all
     }
 
+    /// The bindings to one queue or exchange.
+    pub fn bindings_to(&self, destination: &Destination) -> Vec<BindingSpec> {
+        self.meta().bindings.to_destination(destination)
+    }
+
     /// All bindings, for listings, ordered by source, destination and key.
     pub fn bindings(&self) -> Vec<BindingSpec> {
         self.meta().bindings.all()

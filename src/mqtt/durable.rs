@@ -32,9 +32,9 @@ pub(super) fn resume(
     let stored = state.downcast_ref::<StoredSession>()?;
     let dest = Destination::Queue(session_queue_name(client_id));
     let subscriptions = vhost
-        .bindings()
+        .bindings_to(&dest)
         .iter()
-        .filter(|b| b.destination == dest && b.source.as_str() == RETAINING_EXCHANGE)
+        .filter(|b| b.source.as_str() == RETAINING_EXCHANGE)
         .filter_map(Subscription::from_binding)
         .collect();
     Some(Arc::new(Mutex::new(Persistent {

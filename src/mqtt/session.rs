@@ -30,9 +30,9 @@ use crate::core::exchange::{BindingSpec, Destination};
 use crate::core::queue::{ConsumerSpec, Queue, QueueSpec};
 use crate::core::retained::RETAINING_EXCHANGE;
 use crate::core::{
-    AuthError, Broker, ConnectionId, ConnectionInfo, ConsumerId, ConsumerTag, Delivery, DeliveryId,
-    Event, EventSink, ExchangeName, Headers, LaneInfo, Message, Protocol, QueueName, Registration,
-    RoutingKey, Settle, Stats, User, VHost, Value,
+    Access, AuthError, Broker, ConnectionId, ConnectionInfo, ConsumerId, ConsumerTag, CoreError,
+    Delivery, DeliveryId, Event, EventSink, ExchangeName, Headers, LaneInfo, Message, Protocol,
+    QueueName, Registration, RoutingKey, Settle, Stats, User, VHost, Value,
 };
 
 /// The reason given to a connection whose client id another one claimed.
@@ -212,6 +212,9 @@ pub struct Session {
     registration: Option<Registration>,
     /// Consumers last shown in the registry.
     listed_consumers: usize,
+    /// Whether the user may publish (write to amq.topic), and the user
+    /// table's generation the answer holds for: asked once, not per message.
+    may_publish: Option<(u64, bool)>,
 }
 
 type Outcome = Result<(), Disconnect>;
@@ -257,6 +260,7 @@ impl Session {
             stats: broker.stats.clone(),
             registration: None,
             listed_consumers: 0,
+            may_publish: None,
             broker,
         }
     }
@@ -848,11 +852,24 @@ impl Session {
         )
         .with_origin(self.client_id.clone());
         let vhost = self.vhost.clone().expect("open sessions have a vhost");
+        let access = self.check_access(Access::Write);
         let mut durable_at = None;
         let mqtt = self.stats.protocol(Protocol::Mqtt);
         mqtt.published.inc();
         let mut refusal = None;
-        let reason = match vhost.publish(message) {
+        let routed = match access {
+            Ok(()) => vhost.publish(message),
+            // MQTT 3.1.1 has no refusing PUBACK: the connection closes
+            // (MQTT-3.3.5-2 allows either), as RabbitMQ's adapter does.
+            Err(e) if !v5 => {
+                return Err(Disconnect::new(
+                    DisconnectReasonCode::NotAuthorized,
+                    e.to_string(),
+                ));
+            }
+            Err(e) => Err(e),
+        };
+        let reason = match routed {
             Ok(o) if o.rejected => {
                 refusal = Some("a queue is full and refuses new messages".to_owned());
                 PublishAckReason::QuotaExceeded
@@ -903,6 +920,43 @@ impl Session {
         Ok(())
     }
 
+    /// Refuses unless the user may publish to (`Write`) or subscribe
+    /// through (`Read`) amq.topic in this vhost, under RabbitMQ's
+    /// permission model, as its MQTT adapter applies it.
+    fn check_access(&mut self, access: Access) -> Result<(), CoreError> {
+        let (Some(user), Some(vhost)) = (&self.user, &self.vhost) else {
+            return Ok(());
+        };
+        let users = &self.broker.users;
+        let allowed = match (access, self.may_publish) {
+            (Access::Write, Some((generation, allowed))) if generation == users.generation() => {
+                allowed
+            }
+            _ => {
+                let generation = users.generation();
+                let allowed = users.allows(
+                    &user.name,
+                    vhost.name().as_str(),
+                    access,
+                    RETAINING_EXCHANGE,
+                );
+                if access == Access::Write {
+                    self.may_publish = Some((generation, allowed));
+                }
+                allowed
+            }
+        };
+        if allowed {
+            return Ok(());
+        }
+        Err(CoreError::AccessRefused(format!(
+            "{} access to exchange '{RETAINING_EXCHANGE}' in vhost '{}' refused for user '{}'",
+            access.as_str(),
+            vhost.name(),
+            user.name
+        )))
+    }
+
     /// Records a QoS 2 packet id of a session that outlives its connection.
     fn record_packet_id(&self, outbound: bool, id: u16, held: bool) -> Option<LogPosition> {
         let vhost = self.vhost.as_ref().filter(|_| self.session_expiry > 0)?;
@@ -942,9 +996,9 @@ impl Session {
         let dest = Destination::Queue(name);
         Some(
             vhost
-                .bindings()
+                .bindings_to(&dest)
                 .iter()
-                .filter(|b| b.destination == dest && b.source.as_str() == RETAINING_EXCHANGE)
+                .filter(|b| b.source.as_str() == RETAINING_EXCHANGE)
                 .filter_map(Subscription::from_binding)
                 .collect(),
         )
@@ -977,6 +1031,11 @@ impl Session {
                 retain_as_published: opts.retain_as_published,
                 id: s.id,
             };
+            if let Err(e) = self.check_access(Access::Read) {
+                refusals.push(format!("'{raw}': {e}"));
+                status.push(subscribe_reason(&e));
+                continue;
+            }
             let raw = raw.to_string();
             let existed = self.persist().subscriptions.contains_key(&raw);
             let previous = self.persist().subscriptions.get(&raw).cloned();
