@@ -104,7 +104,13 @@ async fn mqtt_publish_and_subscribe_follow_the_permission_table() {
 
     let server = start().await;
     let api = admin(&server);
-    send(&api, "PUT", "/api/users/reader", Some(&json!({"password": "pw"}))).await;
+    send(
+        &api,
+        "PUT",
+        "/api/users/reader",
+        Some(&json!({"password": "pw"})),
+    )
+    .await;
     // May subscribe (read amq.topic) but not publish (write).
     let perm = json!({"configure": ".*", "write": "^$", "read": ".*"});
     send(&api, "PUT", "/api/permissions/%2F/reader", Some(&perm)).await;
@@ -122,7 +128,10 @@ async fn mqtt_publish_and_subscribe_follow_the_permission_table() {
             _ => None,
         })
         .await;
-    assert_eq!(granted, vec![SubscribeReasonCode::Success(QoS5::AtLeastOnce)]);
+    assert_eq!(
+        granted,
+        vec![SubscribeReasonCode::Success(QoS5::AtLeastOnce)]
+    );
     c.client
         .publish("news/1", QoS5::AtLeastOnce, false, "x")
         .await

@@ -2,7 +2,6 @@
 //! table and turning core events into frames. Sans-IO: frames and events
 //! in, bytes out; connection.rs owns the socket.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -15,6 +14,7 @@ use super::codec::{FrameWriter, Inbound};
 use super::error::*;
 use crate::core::alarm::Alarms;
 use crate::core::change::LogPosition;
+use crate::core::names::IdMap;
 use crate::core::queue::Queue;
 use crate::core::{
     Access, Broker, ConnectionId, ConnectionInfo, ConsumerId, DeliveryId, Event, EventSink,
@@ -69,15 +69,15 @@ pub struct Session {
     pub(super) frame_max: usize,
     channel_max: u16,
     heartbeat: u16,
-    pub(super) channels: HashMap<u16, Channel>,
+    pub(super) channels: IdMap<u16, Channel>,
     /// Which channel each of this connection's consumers lives on.
-    pub(super) consumers: HashMap<ConsumerId, u16>,
+    pub(super) consumers: IdMap<ConsumerId, u16>,
     pub(super) events: EventSink,
     pub(super) writer: FrameWriter,
     caps: ClientCaps,
     /// Deliveries written this round, reported to their queues after the
     /// write so their send windows reopen.
-    sent: HashMap<ConsumerId, Sent>,
+    sent: IdMap<ConsumerId, Sent>,
     /// The channel of the frame being handled, which a channel error closes.
     pub(super) current_channel: u16,
     /// Resource alarms in force.
@@ -114,12 +114,12 @@ impl Session {
             frame_max: FRAME_MAX as usize,
             channel_max: CHANNEL_MAX,
             heartbeat: HEARTBEAT,
-            channels: HashMap::new(),
-            consumers: HashMap::new(),
+            channels: IdMap::default(),
+            consumers: IdMap::default(),
             events,
             writer: FrameWriter::default(),
             caps: ClientCaps::default(),
-            sent: HashMap::new(),
+            sent: IdMap::default(),
             current_channel: 0,
             durable: 0,
             alarms: Alarms::default(),

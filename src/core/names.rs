@@ -91,3 +91,11 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 pub fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
+
+/// A map keyed by ids the broker assigns (delivery, consumer, packet ids),
+/// used on the per-message path: foldhash instead of SipHash, whose
+/// resistance to chosen keys buys nothing for keys clients do not choose.
+pub type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A set of ids the broker assigns, hashed as `IdMap` is.
+pub type IdSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;

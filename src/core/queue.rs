@@ -9,7 +9,7 @@
 //! queue locks at once: dead letters are collected under the lock and routed
 //! by the vhost after it is released (see docs/architecture.md).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,6 +22,7 @@ use super::change::{Change, ChangeLog, LogPosition, Logged};
 use super::delivery::{Delivery, Event, EventSink, Settle};
 use super::error::{CoreError, CoreResult};
 use super::message::{Headers, Message, Value};
+use super::names::IdMap;
 use super::names::{
     ConnectionId, ConsumerId, ConsumerTag, DeliveryId, ExchangeName, QueueName, RoutingKey,
     VHostName,
@@ -376,7 +377,7 @@ struct State {
     ready: BTreeMap<ReadyKey, Entry>,
     ready_bytes: u64,
     next_seq: u64,
-    unacked: HashMap<DeliveryId, Unacked>,
+    unacked: IdMap<DeliveryId, Unacked>,
     next_delivery: u64,
     consumers: Vec<Consumer>,
     rr: usize,
@@ -475,7 +476,7 @@ impl Queue {
                 ready: BTreeMap::new(),
                 ready_bytes: 0,
                 next_seq: 0,
-                unacked: HashMap::new(),
+                unacked: IdMap::default(),
                 next_delivery: 1,
                 consumers: Vec::new(),
                 rr: 0,

@@ -7,7 +7,7 @@
 //! flight) lives in `Persistent`, shared through the vhost's session
 //! registry so the next connection with the same client id resumes it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,6 +27,7 @@ use super::topic::{self, ParsedFilter};
 use crate::core::binding_options::{EXCLUDE_RESERVED, TopicBinding};
 use crate::core::change::LogPosition;
 use crate::core::exchange::{BindingSpec, Destination};
+use crate::core::names::{IdMap, IdSet};
 use crate::core::queue::{ConsumerSpec, Queue, QueueSpec};
 use crate::core::retained::RETAINING_EXCHANGE;
 use crate::core::{
@@ -92,9 +93,9 @@ pub struct Persistent {
     /// Subscriptions by the filter string the client sent.
     pub subscriptions: BTreeMap<String, Subscription>,
     /// QoS 2 publishes received and routed, PUBREL awaited.
-    pub incoming_qos2: HashSet<u16>,
+    pub incoming_qos2: IdSet<u16>,
     /// QoS 2 deliveries the client has PUBREC'd, PUBCOMP awaited.
-    pub released: HashSet<u16>,
+    pub released: IdSet<u16>,
     /// The session survives its connection.
     pub durable: bool,
 }
@@ -184,22 +185,22 @@ pub struct Session {
     /// A DISCONNECT with reason 0 arrived: no will.
     clean_disconnect: bool,
     queue: Option<Arc<Queue>>,
-    consumers: HashMap<ConsumerId, ConsumerInfo>,
+    consumers: IdMap<ConsumerId, ConsumerInfo>,
     /// Shared subscription (raw filter) -> its consumer.
     shared: HashMap<String, ConsumerId>,
     /// The client's Receive Maximum: QoS 1/2 PUBLISHes in flight to it.
     client_receive_max: u16,
     client_alias_max: u16,
     aliases_out: HashMap<String, NonZeroU16>,
-    aliases_in: HashMap<u16, ByteString>,
-    outbound: HashMap<u16, Outgoing>,
+    aliases_in: IdMap<u16, ByteString>,
+    outbound: IdMap<u16, Outgoing>,
     next_packet_id: u16,
     held: VecDeque<Pending>,
     /// Deliveries to settle once this batch is done, per queue.
     settles: Vec<(Arc<Queue>, DeliveryId, Settle)>,
     /// Deliveries written this round, reported to their queues after the
     /// write so their send windows reopen.
-    sent: HashMap<ConsumerId, (Arc<Queue>, u32)>,
+    sent: IdMap<ConsumerId, (Arc<Queue>, u32)>,
     /// PUBACKs and PUBRECs waiting for the journal, in arrival order
     /// (MQTT-4.6.0-2): each with the position that must be durable first.
     held_acks: VecDeque<(LogPosition, v5::Packet)>,
@@ -244,17 +245,17 @@ impl Session {
             will: None,
             clean_disconnect: false,
             queue: None,
-            consumers: HashMap::new(),
+            consumers: IdMap::default(),
             shared: HashMap::new(),
             client_receive_max: u16::MAX,
             client_alias_max: 0,
             aliases_out: HashMap::new(),
-            aliases_in: HashMap::new(),
-            outbound: HashMap::new(),
+            aliases_in: IdMap::default(),
+            outbound: IdMap::default(),
             next_packet_id: 1,
             held: VecDeque::new(),
             settles: Vec::new(),
-            sent: HashMap::new(),
+            sent: IdMap::default(),
             held_acks: VecDeque::new(),
             durable: 0,
             stats: broker.stats.clone(),

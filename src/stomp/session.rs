@@ -18,6 +18,7 @@ use super::error::{self as stomp_error, StompError};
 use super::properties::{self, epoch_millis};
 use super::subscription::{Outstanding, Subscription, TempQueue};
 use crate::core::change::LogPosition;
+use crate::core::names::IdMap;
 use crate::core::queue::Queue;
 use crate::core::{
     Access, Broker, ConnectionId, ConnectionInfo, ConsumerId, DeliveryId, Event, EventSink,
@@ -128,7 +129,7 @@ pub struct Session {
     pub(super) client_id: String,
     pub(super) events: EventSink,
     encoder: StompCodec,
-    pub(super) subs: HashMap<ConsumerId, Subscription>,
+    pub(super) subs: IdMap<ConsumerId, Subscription>,
     /// Subscription ids (or, for a 1.0 SUBSCRIBE without one, destinations).
     pub(super) sub_keys: HashMap<String, ConsumerId>,
     /// Deliveries awaiting ACK / NACK, by the tag in their message-id.
@@ -142,7 +143,7 @@ pub struct Session {
     durable: LogPosition,
     /// Deliveries written this round, reported to their queues after the
     /// write so their send windows reopen.
-    sent: HashMap<ConsumerId, Sent>,
+    sent: IdMap<ConsumerId, Sent>,
     /// The connection's entry in the broker's registry, once logged in.
     registration: Option<Registration>,
     /// Subscriptions last reported to the registry.
@@ -185,7 +186,7 @@ impl Session {
             client_id: String::new(),
             events,
             encoder: StompCodec::default(),
-            subs: HashMap::new(),
+            subs: IdMap::default(),
             sub_keys: HashMap::new(),
             outstanding: BTreeMap::new(),
             next_tag: 1,
@@ -194,7 +195,7 @@ impl Session {
             declared: HashSet::new(),
             receipts: VecDeque::new(),
             durable: 0,
-            sent: HashMap::new(),
+            sent: IdMap::default(),
             registration: None,
             listed_subs: 0,
             write_allowed: WriteCache::default(),
