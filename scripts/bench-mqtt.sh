@@ -134,8 +134,8 @@ RUMQTTD_NOTE=""
 if ! skipped rumqttd; then
     RUMQTTD=${RUMQTTD_BIN:-$(command -v rumqttd || echo "$RUMQTTD_ROOT/bin/rumqttd")}
     if [[ ! -x "$RUMQTTD" && "${RUMQTTD_INSTALL:-1}" == 1 ]]; then
-        say "building rumqttd with cargo install into $RUMQTTD_ROOT (bounded: 30 min)"
-        timeout 1800 cargo install --quiet rumqttd --root "$RUMQTTD_ROOT" \
+        say "building rumqttd with cargo install into $RUMQTTD_ROOT (bounded: 45 min)"
+        timeout 2700 cargo install --quiet rumqttd --root "$RUMQTTD_ROOT" \
             --target-dir "$RUMQTTD_ROOT/target" >"$TMP/rumqttd-install.log" 2>&1 \
             || { say "rumqttd did not build; its column is skipped"; tail -n 5 "$TMP/rumqttd-install.log" >&2; }
         RUMQTTD=$RUMQTTD_ROOT/bin/rumqttd
