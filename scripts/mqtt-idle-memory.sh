@@ -11,7 +11,7 @@
 # Both ends run on this machine, so the fd limit must allow about twice
 # CONNECTIONS plus some. Everything it starts is stopped on exit; every
 # wait is bounded. The default ports sit below the ephemeral range, which
-# the client sockets use up.
+# the client sockets use up. It holds /tmp/ferrymq-bench.lock while it runs.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,6 +19,9 @@ N=${CONNECTIONS:-10000}
 FERRYMQ_BIN=${FERRYMQ_BIN:-target/release/ferrymq}
 FERRYMQ_PORT=${FERRYMQ_PORT:-21883}
 MOSQUITTO_PORT=${MOSQUITTO_PORT:-21884}
+# One benchmark run at a time on this machine (see scripts/lib/bench.sh).
+exec {lock_fd}>>"${BENCH_LOCK:-/tmp/ferrymq-bench.lock}"
+flock -w "${LOCK_WAIT:-3600}" "$lock_fd" || { echo "another benchmark run holds the lock" >&2; exit 1; }
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() {

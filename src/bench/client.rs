@@ -205,6 +205,17 @@ impl Connection {
     }
 
     pub async fn declare_queue(&mut self, name: &str, durable: bool) -> Result<()> {
+        self.declare_queue_with(name, durable, FieldTable::default())
+            .await
+    }
+
+    /// queue.declare with `x-` arguments (e.g. `x-queue-type`).
+    pub async fn declare_queue_with(
+        &mut self,
+        name: &str,
+        durable: bool,
+        arguments: FieldTable,
+    ) -> Result<()> {
         let declare = queue::Declare {
             queue: short(name)?,
             passive: false,
@@ -212,12 +223,29 @@ impl Connection {
             exclusive: false,
             auto_delete: false,
             nowait: false,
-            arguments: FieldTable::default(),
+            arguments,
         };
         self.rpc(
             AMQPClass::Queue(queue::AMQPMethod::Declare(declare)),
             "queue.declare-ok",
             |m| matches!(m, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn bind_queue(&mut self, queue: &str, exchange: &str, key: &str) -> Result<()> {
+        let bind = queue::Bind {
+            queue: short(queue)?,
+            exchange: short(exchange)?,
+            routing_key: short(key)?,
+            nowait: false,
+            arguments: FieldTable::default(),
+        };
+        self.rpc(
+            AMQPClass::Queue(queue::AMQPMethod::Bind(bind)),
+            "queue.bind-ok",
+            |m| matches!(m, AMQPClass::Queue(queue::AMQPMethod::BindOk(_))),
         )
         .await?;
         Ok(())

@@ -17,12 +17,32 @@ use tokio_util::sync::CancellationToken;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One complete delivery: its tag and the timestamp its producer embedded.
+/// One complete delivery: its tag, and the timestamp and sequence number
+/// its producer embedded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Delivered {
     pub tag: u64,
     /// Nanoseconds since the scenario's epoch, or `None` for a body under 8 bytes.
     pub stamp: Option<u64>,
+    /// The producer's sequence number, or `None` for a body under 16 bytes.
+    pub seq: Option<u64>,
+}
+
+/// Bytes of a body the consumer looks at: timestamp, then sequence number.
+const PREAMBLE: usize = 16;
+
+impl Delivered {
+    fn from_preamble(tag: u64, first: &[u8; PREAMBLE], have: usize) -> Self {
+        let word = |at: usize| {
+            (have >= at + 8)
+                .then(|| u64::from_le_bytes(first[at..at + 8].try_into().expect("8 bytes")))
+        };
+        Self {
+            tag,
+            stamp: word(0),
+            seq: word(8),
+        }
+    }
 }
 
 /// Where a delivery is between its frames (AMQP 0-9-1 §4.2.6: method, header, bodies).
@@ -36,7 +56,7 @@ enum Assembly {
     Body {
         tag: u64,
         remaining: u64,
-        first: [u8; 8],
+        first: [u8; PREAMBLE],
         have: usize,
     },
 }
@@ -62,12 +82,12 @@ impl Assembler {
             }
             (Assembly::AwaitHeader { tag }, Incoming::Header(_, header)) => {
                 if header.body_size == 0 {
-                    return Ok(Some(Delivered { tag, stamp: None }));
+                    return Ok(Some(Delivered::from_preamble(tag, &[0; PREAMBLE], 0)));
                 }
                 self.state = Assembly::Body {
                     tag,
                     remaining: header.body_size,
-                    first: [0; 8],
+                    first: [0; PREAMBLE],
                     have: 0,
                 };
                 Ok(None)
@@ -87,12 +107,11 @@ impl Assembler {
                         "delivery {tag}: body frames carry {len} bytes, only {remaining} announced"
                     );
                 }
-                let take = (8 - have).min(part.len());
+                let take = (PREAMBLE - have).min(part.len());
                 first[have..have + take].copy_from_slice(&part[..take]);
                 have += take;
                 if len == remaining {
-                    let stamp = (have == 8).then(|| u64::from_le_bytes(first));
-                    return Ok(Some(Delivered { tag, stamp }));
+                    return Ok(Some(Delivered::from_preamble(tag, &first, have)));
                 }
                 self.state = Assembly::Body {
                     tag,
@@ -137,6 +156,9 @@ pub enum AckMode {
 #[derive(Debug)]
 pub struct ConsumerOutcome {
     pub received: u64,
+    /// Deliveries whose sequence number was not above the one before: with
+    /// one producer and nothing requeued, any of them breaks FIFO order.
+    pub out_of_order: u64,
     /// End-to-end latency in microseconds.
     pub latency: Histogram<u64>,
     pub last_delivery: Option<Instant>,
@@ -182,6 +204,8 @@ impl Consumer {
         let mut unacked = 0u64;
         let mut last_tag = 0u64;
         let mut last_delivery = None;
+        let mut last_seq = 0u64;
+        let mut out_of_order = 0u64;
         loop {
             let mut batch = 0u64;
             while let Some(frame) = conn.reader.try_next()? {
@@ -193,6 +217,10 @@ impl Consumer {
                     let sent = epoch + Duration::from_nanos(stamp);
                     latency
                         .saturating_record(now.saturating_duration_since(sent).as_micros() as u64);
+                }
+                if let Some(seq) = d.seq {
+                    out_of_order += u64::from(seq <= last_seq);
+                    last_seq = seq;
                 }
                 last_delivery = Some(now);
                 batch += 1;
@@ -242,6 +270,7 @@ impl Consumer {
         }
         Ok(ConsumerOutcome {
             received,
+            out_of_order,
             latency,
             last_delivery,
         })
@@ -307,7 +336,8 @@ mod tests {
             done,
             Some(Delivered {
                 tag: 7,
-                stamp: Some(0x0102_0304_0506_0708)
+                stamp: Some(0x0102_0304_0506_0708),
+                seq: None,
             })
         );
         assert_eq!(
@@ -325,7 +355,27 @@ mod tests {
             a.on_frame(header(0)).unwrap(),
             Some(Delivered {
                 tag: 1,
-                stamp: None
+                stamp: None,
+                seq: None,
+            })
+        );
+    }
+
+    #[test]
+    fn the_sequence_number_follows_the_timestamp() {
+        let mut a = Assembler::default();
+        a.on_frame(deliver(3)).unwrap();
+        a.on_frame(header(20)).unwrap();
+        let mut body = 5u64.to_le_bytes().to_vec();
+        body.extend_from_slice(&42u64.to_le_bytes());
+        body.extend_from_slice(b"more");
+        let done = a.on_frame(Incoming::Body(1, Bytes::from(body))).unwrap();
+        assert_eq!(
+            done,
+            Some(Delivered {
+                tag: 3,
+                stamp: Some(5),
+                seq: Some(42),
             })
         );
     }

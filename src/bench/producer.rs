@@ -7,7 +7,9 @@ use super::wire::{FrameReader, FrameWriter, Incoming, encode, encode_body};
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, connection};
 use anyhow::{Result, anyhow, bail};
-use std::collections::BTreeSet;
+use hdrhistogram::Histogram;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
@@ -29,11 +31,47 @@ pub struct ProducerSpec {
     pub confirm_window: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ProducerOutcome {
     pub published: u64,
     pub nacked: u64,
     pub elapsed: Duration,
+    /// Publish to confirm, microseconds, when confirms were on.
+    pub confirm_latency: Option<Histogram<u64>>,
+}
+
+/// Publishes written but not yet confirmed, as (first, last) sequence
+/// numbers and when the batch was encoded: one entry per write, so timing
+/// confirms costs a lock per batch, not per message.
+type InFlight = Arc<Mutex<VecDeque<(u64, u64, Instant)>>>;
+
+fn record_confirmed(in_flight: &InFlight, low: u64, now: Instant, latency: &mut Histogram<u64>) {
+    let mut batches = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+    record_settled(&mut batches, low, now, latency);
+}
+
+/// Records, for every sequence number below `low`, the time since its
+/// batch was encoded, and forgets those batches.
+pub fn record_settled(
+    batches: &mut VecDeque<(u64, u64, Instant)>,
+    low: u64,
+    now: Instant,
+    latency: &mut Histogram<u64>,
+) {
+    while let Some(front) = batches.front_mut() {
+        let (first, last, at) = *front;
+        if first >= low {
+            break;
+        }
+        let upto = last.min(low - 1);
+        let us = now.saturating_duration_since(at).as_micros() as u64;
+        latency.saturating_record_n(us, upto + 1 - first);
+        if upto == last {
+            batches.pop_front();
+        } else {
+            front.0 = upto + 1;
+        }
+    }
 }
 
 /// Confirms received so far: `settled` counts acks and nacks, `nacked` the nacks.
@@ -149,7 +187,9 @@ impl Producer {
         let Self { conn, spec, prefix } = self;
         let frame_max = conn.frame_max;
         let (tx, mut progress) = watch::channel(Progress::default());
-        let reader: JoinHandle<Result<()>> = tokio::spawn(read_confirms(conn.reader, tx));
+        let in_flight = InFlight::default();
+        let reader: JoinHandle<Result<Histogram<u64>>> =
+            tokio::spawn(read_confirms(conn.reader, tx, in_flight.clone()));
         let mut writer = conn.writer;
         let started = Instant::now();
         let written = publish(
@@ -160,15 +200,17 @@ impl Producer {
             epoch,
             deadline,
             &mut progress,
+            &in_flight,
         )
         .await;
-        let outcome = match written {
+        let mut outcome = match written {
             Ok(published) => {
                 let last = progress.borrow().to_owned();
                 ProducerOutcome {
                     published,
                     nacked: last.nacked,
                     elapsed: started.elapsed(),
+                    confirm_latency: None,
                 }
             }
             Err(err) => {
@@ -183,14 +225,21 @@ impl Producer {
         };
         writer.push_method(0, close_method())?;
         writer.flush(STALL_TIMEOUT).await?;
-        match tokio::time::timeout(STALL_TIMEOUT, reader).await {
+        let latency = match tokio::time::timeout(STALL_TIMEOUT, reader).await {
             Ok(joined) => joined??,
             Err(_) => bail!("timed out after {STALL_TIMEOUT:?} waiting for connection.close-ok"),
+        };
+        if spec.confirm_window.is_some() {
+            outcome.confirm_latency = Some(latency);
         }
         Ok(outcome)
     }
 }
 
+/// Writes the messages. Each body starts with the nanoseconds since `epoch`
+/// at encoding, then (bodies of 16 bytes or more) the message's sequence
+/// number, 1, 2, 3…, which is also its publisher-confirm delivery tag.
+#[allow(clippy::too_many_arguments)]
 async fn publish(
     writer: &mut FrameWriter<OwnedWriteHalf>,
     spec: &ProducerSpec,
@@ -199,6 +248,7 @@ async fn publish(
     epoch: Instant,
     deadline: Instant,
     progress: &mut watch::Receiver<Progress>,
+    in_flight: &InFlight,
 ) -> Result<u64> {
     let mut body: Vec<u8> = (0..spec.body_size).map(|i| b'a' + (i % 26) as u8).collect();
     let per_message = prefix.len() + spec.body_size + 8;
@@ -224,11 +274,21 @@ async fn publish(
             room = room.min(window - (published - settled));
         }
         let batch = room.min(batch_max);
-        for _ in 0..batch {
+        let encoded = Instant::now();
+        for i in 0..batch {
             writer.buf.extend_from_slice(prefix);
             let stamp = epoch.elapsed().as_nanos() as u64;
             body[..8].copy_from_slice(&stamp.to_le_bytes());
+            if body.len() >= 16 {
+                body[8..16].copy_from_slice(&(published + i + 1).to_le_bytes());
+            }
             encode_body(CHANNEL, &body, frame_max, &mut writer.buf);
+        }
+        if spec.confirm_window.is_some() {
+            in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back((published + 1, published + batch, encoded));
         }
         writer.flush(STALL_TIMEOUT).await?;
         published += batch;
@@ -250,12 +310,15 @@ async fn publish(
     Ok(published)
 }
 
-/// Reads the producer's socket: confirms, flow notices, and the final close-ok.
+/// Reads the producer's socket: confirms, flow notices, and the final
+/// close-ok. Returns the publish-to-confirm latencies.
 async fn read_confirms(
     mut reader: FrameReader<OwnedReadHalf>,
     tx: watch::Sender<Progress>,
-) -> Result<()> {
+    in_flight: InFlight,
+) -> Result<Histogram<u64>> {
     let mut tracker = ConfirmTracker::default();
+    let mut latency = super::consumer::latency_histogram();
     loop {
         let before = tracker.progress();
         while let Some(frame) = reader.try_next()? {
@@ -267,7 +330,7 @@ async fn read_confirms(
                     tracker.settle(nack.delivery_tag, nack.multiple, true);
                 }
                 Incoming::Method(_, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {
-                    return Ok(());
+                    return Ok(latency);
                 }
                 Incoming::Method(_, AMQPClass::Connection(connection::AMQPMethod::Blocked(b))) => {
                     tracing::warn!(reason = %b.reason, "broker blocked the publisher");
@@ -287,6 +350,7 @@ async fn read_confirms(
             }
         }
         if tracker.progress() != before {
+            record_confirmed(&in_flight, tracker.low, Instant::now(), &mut latency);
             tx.send_replace(tracker.progress());
         }
         reader.fill().await?;
@@ -339,5 +403,27 @@ mod tests {
         assert_eq!(t.progress().settled, 5);
         assert_eq!(t.low, 6);
         assert!(t.above.is_empty());
+    }
+
+    #[test]
+    fn confirm_latency_counts_each_message_once_across_partial_batches() {
+        let in_flight = InFlight::default();
+        let t0 = Instant::now();
+        in_flight.lock().unwrap().push_back((1, 10, t0));
+        in_flight.lock().unwrap().push_back((11, 20, t0));
+        let mut h = crate::bench::consumer::latency_histogram();
+        let later = t0 + Duration::from_millis(5);
+        record_confirmed(&in_flight, 6, later, &mut h);
+        assert_eq!(h.len(), 5, "1..=5 confirmed");
+        record_confirmed(&in_flight, 16, later, &mut h);
+        assert_eq!(h.len(), 15);
+        assert_eq!(
+            in_flight.lock().unwrap().front().copied(),
+            Some((16, 20, t0))
+        );
+        record_confirmed(&in_flight, 21, later, &mut h);
+        assert_eq!(h.len(), 20);
+        assert!(in_flight.lock().unwrap().is_empty());
+        assert!(h.value_at_quantile(0.5) >= 5_000);
     }
 }

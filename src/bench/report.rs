@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// What one scenario measured.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Outcome {
     pub scenario: &'static str,
     pub published: u64,
@@ -17,6 +17,15 @@ pub struct Outcome {
     pub peak_rss_kib: Option<u64>,
     /// The broker's user + system CPU time during the scenario.
     pub broker_cpu: Option<Duration>,
+    /// Publish to publisher confirm (AMQP) or PUBACK (MQTT QoS 1), when
+    /// the producers asked for them.
+    pub confirm_p50_us: Option<u64>,
+    pub confirm_p99_us: Option<u64>,
+    /// Copies that were published but never arrived, where the scenario
+    /// counts them (every subscriber should have had every message).
+    pub lost: Option<u64>,
+    /// The machine's 1-minute load average when the scenario started.
+    pub load1: Option<f64>,
 }
 
 impl Outcome {
@@ -55,7 +64,8 @@ pub enum Format {
     Markdown,
 }
 
-const COLUMNS: [&str; 9] = [
+// New columns go at the end: the scripts read the first ones by position.
+const COLUMNS: [&str; 13] = [
     "broker",
     "scenario",
     "messages",
@@ -65,6 +75,10 @@ const COLUMNS: [&str; 9] = [
     "p99 ms",
     "peak RSS MiB",
     "broker CPU µs/msg",
+    "confirm p50 ms",
+    "confirm p99 ms",
+    "lost",
+    "load 1m",
 ];
 
 pub fn header(format: Format) -> String {
@@ -93,6 +107,14 @@ pub fn row(format: Format, label: &str, outcome: &Outcome) -> String {
         outcome
             .broker_cpu_us_per_message()
             .map_or_else(|| "-".to_owned(), |us| format!("{us:.1}")),
+        outcome.confirm_p50_us.map_or_else(|| "-".to_owned(), ms),
+        outcome.confirm_p99_us.map_or_else(|| "-".to_owned(), ms),
+        outcome
+            .lost
+            .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+        outcome
+            .load1
+            .map_or_else(|| "-".to_owned(), |l| format!("{l:.2}")),
     ];
     match format {
         Format::Markdown => format!("| {} |", cells.join(" | ")),
@@ -104,15 +126,30 @@ pub fn failed_row(format: Format, label: &str, scenario: &str, error: &anyhow::E
     // One line, and no table separators inside a markdown cell.
     let why = format!("{error:#}").replace(['\n', '|'], " ");
     match format {
-        Format::Markdown => format!("| {label} | {scenario} | failed: {why} | | | | | | |"),
+        Format::Markdown => format!(
+            "| {label} | {scenario} | failed: {why} |{}",
+            " |".repeat(COLUMNS.len() - 3)
+        ),
         Format::Text => format!("{label:<10} {scenario:<18} failed: {why}"),
     }
 }
 
-fn text_row(cells: &[String; 9]) -> String {
+fn text_row(cells: &[String; 13]) -> String {
     format!(
-        "{:<10} {:<18} {:>9} {:>16} {:>16} {:>8} {:>8} {:>13} {:>18}",
-        cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7], cells[8]
+        "{:<10} {:<22} {:>9} {:>16} {:>16} {:>8} {:>8} {:>13} {:>18} {:>15} {:>15} {:>7} {:>8}",
+        cells[0],
+        cells[1],
+        cells[2],
+        cells[3],
+        cells[4],
+        cells[5],
+        cells[6],
+        cells[7],
+        cells[8],
+        cells[9],
+        cells[10],
+        cells[11],
+        cells[12]
     )
 }
 
@@ -131,6 +168,10 @@ mod tests {
             p99_us: 12_346,
             peak_rss_kib: Some(200 * 1024),
             broker_cpu: Some(Duration::from_millis(1500)),
+            confirm_p50_us: Some(800),
+            confirm_p99_us: None,
+            lost: Some(0),
+            load1: Some(1.5),
         }
     }
 
@@ -139,7 +180,7 @@ mod tests {
         let row = row(Format::Markdown, "rabbitmq", &outcome());
         assert_eq!(
             row,
-            "| rabbitmq | transient-1k | 100000 | 50000 | 100000 | 1.50 | 12.35 | 200 | 15.0 |"
+            "| rabbitmq | transient-1k | 100000 | 50000 | 100000 | 1.50 | 12.35 | 200 | 15.0 | 0.80 | - | 0 | 1.50 |"
         );
         assert_eq!(row.matches('|').count(), COLUMNS.len() + 1);
         assert_eq!(

@@ -6,7 +6,8 @@ use super::client::{Connection, Target};
 use super::consumer::{AckMode, Consumer, ConsumerOutcome, latency_histogram};
 use super::producer::{Producer, ProducerOutcome, ProducerSpec};
 use super::report::Outcome;
-use super::usage::{Usage, UsageSampler};
+use super::usage::{Usage, UsageSampler, load1};
+use amq_protocol::types::FieldTable;
 use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,11 +78,55 @@ pub const ALL: [Scenario; 5] = [
     },
 ];
 
+/// Persistent scenarios, run by scripts/bench-durable.sh (and on request):
+/// durable queue, persistent 1 KiB messages, confirms, manual acks; the
+/// 4 → 4 row shares one queue, as `fanin-4x4-1k` does. With
+/// `--queue-type` they declare e.g. RabbitMQ's quorum queues.
+pub const DURABLE: [Scenario; 2] = [
+    Scenario {
+        name: "durable-1k",
+        body_size: 1024,
+        safe: true,
+        producers: 1,
+        consumers: 1,
+        queues: 1,
+    },
+    Scenario {
+        name: "durable-4x4-1k",
+        body_size: 1024,
+        safe: true,
+        producers: 4,
+        consumers: 4,
+        queues: 1,
+    },
+];
+
 pub fn find(name: &str) -> Result<Scenario> {
-    ALL.iter().copied().find(|s| s.name == name).ok_or_else(|| {
-        let known: Vec<&str> = ALL.iter().map(|s| s.name).collect();
-        anyhow!("unknown scenario {name:?}; known: {}", known.join(", "))
-    })
+    ALL.iter()
+        .chain(DURABLE.iter())
+        .copied()
+        .find(|s| s.name == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = ALL.iter().chain(DURABLE.iter()).map(|s| s.name).collect();
+            anyhow!(
+                "unknown scenario {name:?}; known: {}, {}",
+                known.join(", "),
+                super::backlog::NAME
+            )
+        })
+}
+
+/// `x-` arguments for the durable queues of the `safe` scenarios, e.g.
+/// `x-queue-type: quorum` (RabbitMQ refuses a non-durable quorum queue).
+pub fn durable_queue_args(queue_type: Option<&str>) -> FieldTable {
+    let mut args = FieldTable::default();
+    if let Some(kind) = queue_type {
+        args.insert(
+            "x-queue-type".into(),
+            amq_protocol::types::AMQPValue::LongString(kind.into()),
+        );
+    }
+    args
 }
 
 /// Limits that apply to every scenario of a run.
@@ -97,6 +142,7 @@ pub async fn run(
     scenario: Scenario,
     budget: Budget,
     broker_pid: Option<u32>,
+    durable_args: &FieldTable,
 ) -> Result<Outcome> {
     let queues: Vec<String> = (0..scenario.queues)
         .map(|i| format!("ferrymq-bench-{}-{}-{i}", scenario.name, std::process::id()))
@@ -105,7 +151,13 @@ pub async fn run(
         .await
         .context("control connection")?;
     for queue in &queues {
-        control.declare_queue(queue, scenario.safe).await?;
+        if scenario.safe {
+            control
+                .declare_queue_with(queue, true, durable_args.clone())
+                .await?;
+        } else {
+            control.declare_queue(queue, false).await?;
+        }
     }
     let result = measure(target, scenario, budget, &queues, broker_pid).await;
     let cleanup = delete_queues(control, &queues).await;
@@ -161,6 +213,7 @@ async fn measure(
         producers.push(producer);
     }
 
+    let load = load1();
     let usage = broker_pid.map(UsageSampler::start);
     let epoch = Instant::now();
     let deadline = epoch + Duration::from_secs(budget.seconds);
@@ -225,6 +278,11 @@ async fn measure(
         .unwrap_or(epoch);
     let delivered_total: u64 = received.iter().map(|r| r.received).sum();
     let publish_elapsed = sent.iter().map(|p| p.elapsed).max().unwrap_or_default();
+    let mut confirms = latency_histogram();
+    for h in sent.iter().filter_map(|p| p.confirm_latency.as_ref()) {
+        confirms.add(h).context("merging confirm latencies")?;
+    }
+    let confirmed = !confirms.is_empty();
     Ok(Outcome {
         scenario: scenario.name,
         published,
@@ -235,5 +293,9 @@ async fn measure(
         p99_us: latency.value_at_quantile(0.99),
         peak_rss_kib: usage.peak_rss_kib,
         broker_cpu: usage.cpu,
+        confirm_p50_us: confirmed.then(|| confirms.value_at_quantile(0.50)),
+        confirm_p99_us: confirmed.then(|| confirms.value_at_quantile(0.99)),
+        lost: Some(published.saturating_sub(delivered_total)),
+        load1: load,
     })
 }

@@ -250,6 +250,7 @@ pub async fn run(
     sub.receipt("subscribed").await.context("SUBSCRIBE")?;
     let producer = Conn::open(target).await.context("producer")?;
 
+    let load = super::usage::load1();
     let usage = broker_pid.map(UsageSampler::start);
     let epoch = Instant::now();
     let deadline = epoch + Duration::from_secs(budget.seconds);
@@ -308,6 +309,9 @@ pub async fn run(
         p99_us: latency.value_at_quantile(0.99),
         peak_rss_kib: usage.as_ref().and_then(|u| u.peak_rss_kib),
         broker_cpu: usage.and_then(|u| u.cpu),
+        lost: Some(published.saturating_sub(received)),
+        load1: load,
+        ..Outcome::default()
     })
 }
 

@@ -34,6 +34,16 @@ pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The 1-minute load average, the first field of /proc/loadavg.
+pub fn load1() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status_kib(&status, "VmRSS")
@@ -121,5 +131,6 @@ mod tests {
         let pid = std::process::id();
         assert!(rss_kib(pid).is_some_and(|kib| kib > 0));
         assert!(cpu_ticks(pid).is_some());
+        assert!(load1().is_some_and(|l| l >= 0.0));
     }
 }

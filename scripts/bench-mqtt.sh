@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# MQTT side by side: ferrymq, Mosquitto, RabbitMQ's MQTT plugin and rumqttd,
+# the same load generator (src/bench/mqtt.rs) against each, one after
+# another in one run; markdown tables with ferrymq's ratio to the fastest of
+# the others at the end.
+#
+#   scripts/bench-mqtt.sh                        # all MQTT scenarios, 200k messages
+#   MESSAGES=50000 scripts/bench-mqtt.sh --scenario mqtt-qos1-1k
+#   SKIP=rumqttd,rabbitmq scripts/bench-mqtt.sh
+#
+# Extra arguments go to the bench (e.g. --scenario NAME, repeatable).
+# Environment: MESSAGES (200000 per scenario), BENCH_SECONDS (30, publishing
+# cap per scenario), BENCH_TIMEOUT (900 s, one broker's whole run),
+# FERRYMQ_PORT (27883 MQTT; AMQP on 27872), MOSQUITTO_PORT (27884),
+# RABBIT_PORT (27672 AMQP; MQTT on RABBIT_PORT+1), RUMQTTD_PORT (27885),
+# RUMQTTD_BIN (rumqttd, else /tmp/ferrymq-rumqttd/bin/rumqttd, built there
+# with `cargo install rumqttd` when missing unless RUMQTTD_INSTALL=0),
+# SKIP=ferrymq,mosquitto,rabbitmq,rumqttd leaves brokers out, KEEP_TMP=1
+# keeps logs, QUIET_WAIT=SECONDS waits (at most that long) before each
+# broker's run until the 1-minute load average is under QUIET_LOAD (1.0).
+#
+# Every broker runs with its packaged defaults apart from its listener (and
+# anonymous access for Mosquitto): Mosquitto keeps at most 20 QoS 1
+# messages in flight and 1000 queued per client and drops the rest;
+# RabbitMQ's MQTT plugin has a prefetch of 10 per subscription. The
+# mqtt-to-amqp scenario runs only where an AMQP listener exists (ferrymq,
+# RabbitMQ). Everything it starts is stopped on exit, every wait is bounded,
+# and it holds /tmp/ferrymq-bench.lock for the whole run.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+MESSAGES=${MESSAGES:-200000}
+BENCH_SECONDS=${BENCH_SECONDS:-30}
+FERRYMQ_PORT=${FERRYMQ_PORT:-27883}
+FERRYMQ_AMQP_PORT=$((FERRYMQ_PORT - 11))
+MOSQUITTO_PORT=${MOSQUITTO_PORT:-27884}
+RUMQTTD_PORT=${RUMQTTD_PORT:-27885}
+RABBIT_PORT=${RABBIT_PORT:-27672}
+RABBIT_MQTT_PORT=$((RABBIT_PORT + 1))
+RUMQTTD_ROOT=${RUMQTTD_ROOT:-/tmp/ferrymq-rumqttd}
+SKIP=${SKIP:-}
+SCRIPT=bench-mqtt
+TMP=$(mktemp -d /tmp/ferrymq-bench-mqtt.XXXXXX)
+RABBIT_NODE=benchmqtt@localhost
+# shellcheck source=lib/bench.sh
+. scripts/lib/bench.sh
+skipped() { [[ ",$SKIP," == *",$1,"* ]]; }
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
+bench_lock
+
+for port in "$FERRYMQ_PORT" "$FERRYMQ_AMQP_PORT" "$MOSQUITTO_PORT" "$RUMQTTD_PORT" "$RABBIT_PORT" "$RABBIT_MQTT_PORT"; do
+    if port_open "127.0.0.1:$port"; then say "port $port is already taken"; exit 1; fi
+done
+
+build_release
+
+# The scenarios: from the arguments, else all; MQTT-only brokers skip the
+# cross-protocol one.
+SCENARIOS=()
+EXTRA=()
+while (($#)); do
+    case $1 in
+        --scenario) SCENARIOS+=("${2:?--scenario needs a name}"); shift 2 ;;
+        --scenario=*) SCENARIOS+=("${1#--scenario=}"); shift ;;
+        *) EXTRA+=("$1"); shift ;;
+    esac
+done
+if ((${#SCENARIOS[@]} == 0)); then
+    mapfile -t SCENARIOS < <("${BENCH[@]}" --mqtt x --list-scenarios)
+fi
+scenario_args() { # [mqtt-only]
+    local s
+    for s in "${SCENARIOS[@]}"; do
+        [[ -n "${1:-}" && $s == mqtt-to-amqp* ]] && continue
+        printf -- '--scenario\n%s\n' "$s"
+    done
+}
+mapfile -t ALL_ARGS < <(scenario_args)
+mapfile -t MQTT_ONLY_ARGS < <(scenario_args mqtt-only)
+
+run_bench() { # label mqtt-addr pid [args...] -> markdown rows on stdout
+    local label=$1 addr=$2 pid=$3; shift 3
+    bench_run "$label" "$pid" --mqtt "$addr" "$@" "${EXTRA[@]}"
+}
+
+for b in ferrymq mosquitto rabbitmq rumqttd; do : >"$TMP/$b.md"; done
+
+# --- ferrymq ---------------------------------------------------------------
+if ! skipped ferrymq; then
+    mkdir -p "$TMP/ferrymq"
+    target/release/ferrymq serve --mqtt "127.0.0.1:$FERRYMQ_PORT" --amqp "127.0.0.1:$FERRYMQ_AMQP_PORT" \
+        --stomp off --http off --data-dir "$TMP/ferrymq" >"$TMP/ferrymq.log" 2>&1 &
+    FERRYMQ_STARTED=$!
+    track_pid "$FERRYMQ_STARTED"
+    if wait_port "127.0.0.1:$FERRYMQ_PORT" 20 ferrymq "$FERRYMQ_STARTED"; then
+        run_bench ferrymq "127.0.0.1:$FERRYMQ_PORT" "$FERRYMQ_STARTED" \
+            --amqp "127.0.0.1:$FERRYMQ_AMQP_PORT" "${ALL_ARGS[@]}" | tee "$TMP/ferrymq.md" >&2
+    else
+        tail -n 10 "$TMP/ferrymq.log" >&2 || true
+    fi
+    stop_tracked "$FERRYMQ_STARTED"
+fi
+
+# --- Mosquitto -------------------------------------------------------------
+if ! skipped mosquitto; then
+    command -v mosquitto >/dev/null || apt_install mosquitto
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$MOSQUITTO_PORT" >"$TMP/mosquitto.conf"
+    say "starting Mosquitto ($(dpkg-query -W -f '${Version}' mosquitto 2>/dev/null || echo '?')) on 127.0.0.1:$MOSQUITTO_PORT"
+    mosquitto -c "$TMP/mosquitto.conf" >"$TMP/mosquitto.log" 2>&1 &
+    MOSQUITTO_STARTED=$!
+    track_pid "$MOSQUITTO_STARTED"
+    if wait_port "127.0.0.1:$MOSQUITTO_PORT" 20 Mosquitto "$MOSQUITTO_STARTED"; then
+        run_bench mosquitto "127.0.0.1:$MOSQUITTO_PORT" "$MOSQUITTO_STARTED" \
+            "${MQTT_ONLY_ARGS[@]}" | tee "$TMP/mosquitto.md" >&2
+    else
+        tail -n 10 "$TMP/mosquitto.log" >&2 || true
+    fi
+    stop_tracked "$MOSQUITTO_STARTED"
+fi
+
+# --- RabbitMQ with its MQTT plugin -----------------------------------------
+if ! skipped rabbitmq; then
+    if rabbit_start rabbitmq_mqtt "mqtt.listeners.tcp.1 = 127.0.0.1:$RABBIT_MQTT_PORT
+" "127.0.0.1:$RABBIT_MQTT_PORT"; then
+        run_bench rabbitmq "127.0.0.1:$RABBIT_MQTT_PORT" "$RABBIT_PID" \
+            --amqp "127.0.0.1:$RABBIT_PORT" "${ALL_ARGS[@]}" | tee "$TMP/rabbitmq.md" >&2
+    fi
+    rabbit_stop
+fi
+
+# --- rumqttd ---------------------------------------------------------------
+RUMQTTD_NOTE=""
+if ! skipped rumqttd; then
+    RUMQTTD=${RUMQTTD_BIN:-$(command -v rumqttd || echo "$RUMQTTD_ROOT/bin/rumqttd")}
+    if [[ ! -x "$RUMQTTD" && "${RUMQTTD_INSTALL:-1}" == 1 ]]; then
+        say "building rumqttd with cargo install into $RUMQTTD_ROOT (bounded: 45 min)"
+        timeout 2700 cargo install --quiet rumqttd --root "$RUMQTTD_ROOT" \
+            --target-dir "$RUMQTTD_ROOT/target" >"$TMP/rumqttd-install.log" 2>&1 \
+            || { say "rumqttd did not build; its column is skipped"; tail -n 5 "$TMP/rumqttd-install.log" >&2; }
+        RUMQTTD=$RUMQTTD_ROOT/bin/rumqttd
+    fi
+    if [[ -x "$RUMQTTD" ]]; then
+        # The crate's sample configuration with one 3.1.1 listener.
+        cat >"$TMP/rumqttd.toml" <<EOF
+id = 0
+
+[router]
+id = 0
+max_connections = 10010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$RUMQTTD_PORT"
+next_connection_delay_ms = 1
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = 100
+    dynamic_filters = true
+EOF
+        say "starting rumqttd ($("$RUMQTTD" --version 2>/dev/null || echo '?')) on 127.0.0.1:$RUMQTTD_PORT"
+        "$RUMQTTD" -c "$TMP/rumqttd.toml" >"$TMP/rumqttd.log" 2>&1 &
+        RUMQTTD_STARTED=$!
+        track_pid "$RUMQTTD_STARTED"
+        if wait_port "127.0.0.1:$RUMQTTD_PORT" 20 rumqttd "$RUMQTTD_STARTED"; then
+            run_bench rumqttd "127.0.0.1:$RUMQTTD_PORT" "$RUMQTTD_STARTED" --mqtt-anonymous \
+                "${MQTT_ONLY_ARGS[@]}" | tee "$TMP/rumqttd.md" >&2
+        else
+            tail -n 10 "$TMP/rumqttd.log" >&2 || true
+        fi
+        stop_tracked "$RUMQTTD_STARTED"
+    else
+        RUMQTTD_NOTE="rumqttd: not built here, its column is empty."
+    fi
+fi
+
+# --- the tables ------------------------------------------------------------
+compare_tables "ferrymq:ferrymq,mosquitto:Mosquitto,rabbitmq:RabbitMQ,rumqttd:rumqttd" \
+    "$TMP/ferrymq.md" "$TMP/mosquitto.md" "$TMP/rabbitmq.md" "$TMP/rumqttd.md"
+load_note "$TMP/ferrymq.md" "$TMP/mosquitto.md" "$TMP/rabbitmq.md" "$TMP/rumqttd.md"
+[[ -z "$RUMQTTD_NOTE" ]] || printf '\n%s\n' "$RUMQTTD_NOTE"
