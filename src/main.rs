@@ -9,12 +9,6 @@ use ferrymq::config::{Config, Listen};
 use ferrymq::server::Server;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-/// A broker allocates and frees small objects per message from several
-/// threads (frames, deliveries, events): mimalloc's per-thread free lists
-/// and headerless size classes measured faster and tighter than glibc's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "ferrymq",
