@@ -1312,32 +1312,36 @@ impl Session {
             }
             return;
         }
-        let published = published_qos(&d.message);
-        let was_retained = published_retained(&d.message);
         let key = d.message.routing_key().as_str();
         let (qos, retain, sub_ids) = {
             let st = self.persist();
             let mut qos: Option<QoS> = None;
             let mut retain = false;
+            let mut was_retained: Option<bool> = None;
             let mut ids = Vec::new();
             let origin = d.message.origin();
             let mine = origin == Some(&*self.client_id);
-            // With a single subscription the queue's one binding already
-            // matched: no need to match again.
-            let single = st.subscriptions.len() == 1;
-            let matching: Box<dyn Iterator<Item = &Subscription>> = match &shared {
-                Some(raw) => Box::new(st.subscriptions.get(raw).into_iter()),
-                None => Box::new(st.subscriptions.values().filter(move |s| {
-                    s.filter.group.is_none() && (single || s.matcher.matches(key))
-                })),
-            };
-            for s in matching {
+            let mut visit = |s: &Subscription| {
                 if s.no_local && mine {
-                    continue;
+                    return;
                 }
                 qos = Some(qos.map_or(s.qos, |q| q.max(s.qos)));
-                retain |= s.retain_as_published && was_retained;
+                // The header is looked up only for a subscription that asks.
+                retain |= s.retain_as_published
+                    && *was_retained.get_or_insert_with(|| published_retained(&d.message));
                 ids.extend(s.id);
+            };
+            match &shared {
+                Some(raw) => st.subscriptions.get(raw).into_iter().for_each(&mut visit),
+                None => {
+                    // With a single subscription the queue's one binding
+                    // already matched: no need to match again.
+                    let single = st.subscriptions.len() == 1;
+                    st.subscriptions
+                        .values()
+                        .filter(|s| s.filter.group.is_none() && (single || s.matcher.matches(key)))
+                        .for_each(&mut visit);
+                }
             }
             (qos, retain, ids)
         };
@@ -1353,10 +1357,15 @@ impl Session {
             }
             return;
         };
+        let qos = if granted == QoS::AtMostOnce {
+            granted
+        } else {
+            granted.min(published_qos(&d.message))
+        };
         self.send(
             Pending {
                 message: d.message,
-                qos: granted.min(published),
+                qos,
                 retain,
                 dup: d.redelivered,
                 sub_ids,
