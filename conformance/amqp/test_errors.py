@@ -338,3 +338,25 @@ def test_frames_arriving_one_byte_at_a_time(broker):
         assert raw.read_frame("content body").payload == b"slow!"
     finally:
         raw.close()
+
+
+def test_530_on_tune_ok_above_the_offered_frame_max(broker):
+    # RabbitMQ: a client may only lower what connection.tune offered.
+    raw = RawAmqp(broker.host, broker.port)
+    try:
+        raw.send(b"AMQP\x00\x00\x09\x01")
+        raw.expect_method(10, 10)
+        raw.send(method(0, 10, 11, struct.pack(">I", 0) + shortstr("PLAIN") + struct.pack(">I", 12) + b"\0guest\0guest" + shortstr("en_US")))
+        raw.expect_method(10, 30)
+        code, text = closes_connection(raw, method(0, 10, 31, struct.pack(">HIH", 0, 131072 * 2, 0)))
+        assert code == 530, text
+        assert "frame_max=262144 > 131072" in text, text
+    finally:
+        raw.close()
+
+
+def test_540_on_recover_without_requeue(raw):
+    # basic.recover requeue=false
+    code, text = closes_connection(raw, method(1, 60, 110, b"\x00"))
+    assert code == 540, text
+    assert "requeue=false" in text, text

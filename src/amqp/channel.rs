@@ -769,6 +769,14 @@ impl Session {
                     Settle::Discard
                 },
             ),
+            basic::AMQPMethod::Recover(r) if !r.requeue => Err(Reply::connection(
+                NOT_IMPLEMENTED,
+                "NOT_IMPLEMENTED - requeue=false",
+            )),
+            basic::AMQPMethod::RecoverAsync(r) if !r.requeue => Err(Reply::connection(
+                NOT_IMPLEMENTED,
+                "NOT_IMPLEMENTED - requeue=false",
+            )),
             basic::AMQPMethod::Recover(_) => {
                 self.requeue_unacked(ch);
                 self.ok(

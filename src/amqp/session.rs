@@ -473,6 +473,26 @@ impl Session {
     }
 
     fn on_tune_ok(&mut self, m: connection::TuneOk) -> Result<(), Reply> {
+        // A client may only lower what tune offered (RabbitMQ closes with
+        // NOT_ALLOWED too); 0 means "no limit of its own".
+        if m.frame_max > FRAME_MAX {
+            return Err(Reply::connection(
+                NOT_ALLOWED,
+                format!(
+                    "NOT_ALLOWED - frame_max={} > {FRAME_MAX} max size",
+                    m.frame_max
+                ),
+            ));
+        }
+        if m.channel_max > CHANNEL_MAX {
+            return Err(Reply::connection(
+                NOT_ALLOWED,
+                format!(
+                    "NOT_ALLOWED - channel_max={} > {CHANNEL_MAX} max",
+                    m.channel_max
+                ),
+            ));
+        }
         let frame_max = if m.frame_max == 0 {
             FRAME_MAX
         } else {
