@@ -215,8 +215,50 @@ pub fn fuzz_decode(data: &[u8]) {
     while let Ok(Some(_)) = codec.decode(&mut buf) {}
 }
 
+/// Fuzzing entry (fuzz/fuzz_targets/amqp.rs and a property test below):
+/// the protocol header and then `data` are decoded whole and split in two
+/// at a cut its first byte chooses, as reads split a socket's bytes; both
+/// must give the same frames and the same error, and nothing may panic.
+#[cfg(any(fuzzing, test))]
+pub fn fuzz_decode(data: &[u8]) {
+    fn run(pieces: &[&[u8]]) -> (Vec<String>, Option<CodecError>) {
+        let mut codec = AmqpCodec::new(4096);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(item)) => out.push(format!("{item:?}")),
+                    Ok(None) => break,
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+        }
+        (out, None)
+    }
+    let mut wire = PROTOCOL_HEADER.to_vec();
+    wire.extend_from_slice(data);
+    let cut = data
+        .first()
+        .map_or(0, |b| usize::from(*b) % (wire.len() + 1));
+    let whole = run(&[&wire]);
+    let split = run(&[&wire[..cut], &wire[cut..]]);
+    assert_eq!(
+        whole, split,
+        "frames do not depend on how reads split the bytes"
+    );
+}
+
 #[cfg(test)]
 mod tests {
+    proptest::proptest! {
+        #[test]
+        fn random_input_decodes_the_same_however_it_is_split(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            super::fuzz_decode(&data);
+        }
+    }
+
     use super::*;
     use amq_protocol::protocol::{basic, channel};
 

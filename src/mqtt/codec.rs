@@ -470,8 +470,76 @@ fn connack_code(r: v5::ConnectAckReason) -> v3::ConnectAckReason {
 /// version is known (MQTT-3.1.2-2).
 pub const CONNACK_UNACCEPTABLE_PROTOCOL: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
 
+/// Fuzzing entry (fuzz/fuzz_targets/mqtt.rs and a property test below):
+/// a CONNECT (3.1.1 or 5.0, as `data`'s first byte says) and then `data`
+/// are decoded whole and split in two at a cut the second byte chooses, as
+/// reads split a socket's bytes; both must give the same packets and
+/// whether an error ended them, and nothing may panic.
+#[cfg(any(fuzzing, test))]
+pub fn fuzz_decode(data: &[u8]) {
+    fn run(pieces: &[&[u8]]) -> (Vec<String>, bool) {
+        let mut decoder = Decoder::new(512);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(item)) => out.push(format!("{item:?}")),
+                    Ok(None) => break,
+                    Err(_) => return (out, true),
+                }
+            }
+        }
+        (out, false)
+    }
+    // CONNECT, clean session, keepalive 60, client id "f".
+    let v311: &[u8] = b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01f";
+    let v5: &[u8] = b"\x10\x0e\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x01f";
+    let mut wire = if data.first().is_some_and(|b| b & 1 == 1) {
+        v5
+    } else {
+        v311
+    }
+    .to_vec();
+    wire.extend_from_slice(data);
+    let cut = data
+        .get(1)
+        .map_or(0, |b| usize::from(*b) % (wire.len() + 1));
+    let whole = run(&[&wire]);
+    let split = run(&[&wire[..cut], &wire[cut..]]);
+    assert_eq!(
+        whole, split,
+        "packets do not depend on how reads split the bytes"
+    );
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_fuzzing_prefixes_are_valid_connects() {
+        // Without a valid CONNECT first, every fuzz case would stop at it.
+        super::fuzz_decode(&[0]);
+        super::fuzz_decode(&[1]);
+        for first in [0u8, 1] {
+            let mut d = super::Decoder::new(512);
+            let wire: &[u8] = if first == 0 {
+                b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01f"
+            } else {
+                b"\x10\x0e\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x01f"
+            };
+            let mut buf = bytes::BytesMut::from(wire);
+            assert!(matches!(d.decode(&mut buf), Ok(Some(super::Inbound::Connect(..)))));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_input_decodes_the_same_however_it_is_split(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            super::fuzz_decode(&data);
+        }
+    }
+
     use super::*;
 
     #[test]
