@@ -203,26 +203,16 @@ impl Session {
         let (Some(user), Some(vhost)) = (&self.user, &self.vhost) else {
             return Ok(());
         };
-        let users = &self.broker.users;
-        let allowed = if access == Access::Write && kind == "exchange" {
-            self.write_allowed
-                .allows(users, &user.name, vhost.name().as_str(), name)
-        } else {
-            users.allows(&user.name, vhost.name().as_str(), access, name)
-        };
-        if allowed {
-            return Ok(());
-        }
-        let shown = if name.is_empty() { "amq.default" } else { name };
-        Err(Reply::channel(
-            ACCESS_REFUSED,
-            format!(
-                "ACCESS_REFUSED - {} access to {kind} '{shown}' in vhost '{}' refused for user '{}'",
-                access.as_str(),
-                vhost.name(),
-                user.name
-            ),
-        ))
+        crate::core::auth::check_permission(
+            &self.broker.users,
+            &mut self.write_allowed,
+            &user.name,
+            vhost.name().as_str(),
+            access,
+            kind,
+            name,
+        )
+        .map_err(|refusal| Reply::channel(ACCESS_REFUSED, format!("ACCESS_REFUSED - {refusal}")))
     }
 
     /// Reports a codec error: the stream cannot be trusted any further.

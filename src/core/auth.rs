@@ -172,6 +172,34 @@ impl WriteCache {
     }
 }
 
+/// Whether `user` may do `access` to the resource `kind` `name` in
+/// `vhost`; publish checks (write on an exchange) go through the
+/// connection's `cache`. The refusal reads as RabbitMQ words it, after its
+/// `ACCESS_REFUSED - ` prefix, so each protocol wraps it in its own error.
+pub fn check_permission(
+    users: &Users,
+    cache: &mut WriteCache,
+    user: &str,
+    vhost: &str,
+    access: Access,
+    kind: &str,
+    name: &str,
+) -> Result<(), String> {
+    let allowed = if access == Access::Write && kind == "exchange" {
+        cache.allows(users, user, vhost, name)
+    } else {
+        users.allows(user, vhost, access, name)
+    };
+    if allowed {
+        return Ok(());
+    }
+    let shown = if name.is_empty() { "amq.default" } else { name };
+    Err(format!(
+        "{} access to {kind} '{shown}' in vhost '{vhost}' refused for user '{user}'",
+        access.as_str()
+    ))
+}
+
 #[derive(Debug, Default)]
 struct Table {
     users: HashMap<String, User>,

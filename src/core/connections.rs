@@ -139,6 +139,17 @@ impl Connections {
         }
     }
 
+    /// As `register`, for protocols with one lane per connection (MQTT,
+    /// STOMP): the lane is listed at once, with no consumers yet.
+    pub fn register_single_lane(&self, info: ConnectionInfo, sink: EventSink) -> Registration {
+        let registration = self.register(info, sink);
+        registration.set_lane(LaneInfo {
+            number: 1,
+            ..LaneInfo::default()
+        });
+        registration
+    }
+
     fn entries(&self) -> Vec<Arc<Entry>> {
         self.table
             .read()

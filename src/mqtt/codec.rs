@@ -529,7 +529,10 @@ mod tests {
                 b"\x10\x0e\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x01f"
             };
             let mut buf = bytes::BytesMut::from(wire);
-            assert!(matches!(d.decode(&mut buf), Ok(Some(super::Inbound::Connect(..)))));
+            assert!(matches!(
+                d.decode(&mut buf),
+                Ok(Some(super::Inbound::Connect(..)))
+            ));
         }
     }
 

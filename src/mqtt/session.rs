@@ -594,7 +594,7 @@ impl Session {
         let (Some(user), Some(vhost)) = (&self.user, &self.vhost) else {
             return;
         };
-        let registration = self.broker.connections.register(
+        let registration = self.broker.connections.register_single_lane(
             ConnectionInfo {
                 id: self.conn_id,
                 protocol: Protocol::Mqtt,
@@ -607,10 +607,6 @@ impl Session {
             },
             self.events.clone(),
         );
-        registration.set_lane(LaneInfo {
-            number: 1,
-            ..LaneInfo::default()
-        });
         self.registration = Some(registration);
         self.listed_consumers = 0;
     }

@@ -433,7 +433,7 @@ impl Session {
         let (Some(user), Some(vhost)) = (&self.user, &self.vhost) else {
             return;
         };
-        let registration = self.broker.connections.register(
+        let registration = self.broker.connections.register_single_lane(
             ConnectionInfo {
                 id: self.conn_id,
                 protocol: Protocol::Stomp,
@@ -446,10 +446,6 @@ impl Session {
             },
             self.events.clone(),
         );
-        registration.set_lane(LaneInfo {
-            number: 1,
-            ..LaneInfo::default()
-        });
         self.registration = Some(registration);
         self.listed_subs = 0;
     }
@@ -494,26 +490,16 @@ impl Session {
         let (Some(user), Some(vhost)) = (&self.user, &self.vhost) else {
             return Ok(());
         };
-        let users = &self.broker.users;
-        let allowed = if access == Access::Write && kind == "exchange" {
-            self.write_allowed
-                .allows(users, &user.name, vhost.name().as_str(), name)
-        } else {
-            users.allows(&user.name, vhost.name().as_str(), access, name)
-        };
-        if allowed {
-            return Ok(());
-        }
-        let shown = if name.is_empty() { "amq.default" } else { name };
-        Err(StompError::new(
-            "access_refused",
-            format!(
-                "{} access to {kind} '{shown}' in vhost '{}' refused for user '{}'",
-                access.as_str(),
-                vhost.name(),
-                user.name
-            ),
-        ))
+        crate::core::auth::check_permission(
+            &self.broker.users,
+            &mut self.write_allowed,
+            &user.name,
+            vhost.name().as_str(),
+            access,
+            kind,
+            name,
+        )
+        .map_err(|refusal| StompError::new("access_refused", refusal))
     }
 
     fn on_send(&mut self, frame: &Frame, receipted: bool) -> Handled {
