@@ -205,16 +205,6 @@ impl FrameWriter {
     }
 }
 
-/// Feeds arbitrary bytes after a valid greeting; must never panic and
-/// must consume or refuse, never loop.
-#[cfg(fuzzing)]
-pub fn fuzz_decode(data: &[u8]) {
-    let mut codec = AmqpCodec::new(4096);
-    let mut buf = BytesMut::from(&PROTOCOL_HEADER[..]);
-    buf.extend_from_slice(data);
-    while let Ok(Some(_)) = codec.decode(&mut buf) {}
-}
-
 /// Fuzzing entry (fuzz/fuzz_targets/amqp.rs and a property test below):
 /// the protocol header and then `data` are decoded whole and split in two
 /// at a cut its first byte chooses, as reads split a socket's bytes; both
