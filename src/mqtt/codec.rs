@@ -101,6 +101,9 @@ enum State {
 pub struct Decoder {
     state: State,
     max_in: u32,
+    /// rmqtt-codec has taken a fixed header and waits for the rest of its
+    /// packet: the buffer starts inside a body, not at a packet.
+    mid_packet: bool,
 }
 
 impl Decoder {
@@ -110,6 +113,7 @@ impl Decoder {
         Self {
             state: State::Sniff,
             max_in,
+            mid_packet: false,
         }
     }
 
@@ -126,6 +130,7 @@ impl Decoder {
             };
         }
         if let [first, len, ..] = buf[..]
+            && !self.mid_packet
             && matches!(first, PINGREQ | PINGRESP)
             && len != 0
         {
@@ -134,14 +139,21 @@ impl Decoder {
             // malformed, not a ping.
             return Err(CodecError::Malformed(DecodeError::MalformedPacket));
         }
-        match &mut self.state {
+        let before = buf.len();
+        let packet = match &mut self.state {
             State::Sniff => unreachable!("set above"),
-            State::V5(codec) => Ok(codec.decode(buf)?.map(|(p, _)| match p {
+            State::V5(codec) => codec.decode(buf)?.map(|(p, _)| match p {
                 v5::Packet::Connect(c) => Inbound::Connect(Version::V5, c),
                 other => Inbound::Packet(other),
-            })),
-            State::V3(codec) => Ok(codec.decode(buf)?.map(|(p, _)| lift(p))),
+            }),
+            State::V3(codec) => codec.decode(buf)?.map(|(p, _)| lift(p)),
+        };
+        if packet.is_some() {
+            self.mid_packet = false;
+        } else if buf.len() < before {
+            self.mid_packet = true;
         }
+        Ok(packet)
     }
 
     /// The version CONNECT announced, once seen (3.1 reads as 3.1.1 here).
@@ -516,6 +528,14 @@ pub fn fuzz_decode(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_body_arriving_later_is_not_read_as_a_ping() {
+        // Found by fuzzing: once rmqtt-codec has taken a fixed header, the
+        // buffer starts inside the body; a body starting 0xC0 0xEF is data,
+        // not a malformed PINGREQ.
+        super::fuzz_decode(&[0xfd, 0x7d, 0xc0, 0xef]);
+    }
+
     #[test]
     fn the_fuzzing_prefixes_are_valid_connects() {
         // Without a valid CONNECT first, every fuzz case would stop at it.
