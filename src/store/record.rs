@@ -44,14 +44,24 @@ pub struct VHostDefinitions {
     pub exchanges: BTreeMap<ExchangeName, ExchangeSpec>,
     /// Durable queues by name, with their incarnation uid.
     pub queues: BTreeMap<QueueName, (u64, QueueSpec)>,
-    /// Bindings between durable ends, in the order made.
-    pub bindings: Vec<BindingSpec>,
+    /// Bindings between durable ends, by `binding_key`, so that replaying
+    /// a binding costs the same however many there are.
+    pub bindings: BTreeMap<String, BindingSpec>,
     /// Retained messages by routing key.
     pub retained: BTreeMap<RoutingKey, Message>,
     /// Named client sessions that outlive their connections.
     pub sessions: BTreeMap<String, StoredSession>,
     /// Permissions changed at runtime, by user; `None` is one cleared.
     pub permissions: BTreeMap<String, Option<PermissionSpec>>,
+}
+
+/// A binding's identity as one string: source, destination, key and
+/// arguments (whose `Debug` form is ordered, being a `BTreeMap`).
+fn binding_key(b: &BindingSpec) -> String {
+    format!(
+        "{}\0{:?}\0{}\0{:?}",
+        b.source, b.destination, b.key, b.arguments
+    )
 }
 
 impl Definitions {
@@ -84,7 +94,7 @@ impl Definitions {
             }
             Change::ExchangeDeleted(name) => {
                 v.exchanges.remove(name);
-                v.bindings.retain(|b| {
+                v.bindings.retain(|_, b| {
                     &b.source != name
                         && b.destination
                             != crate::core::exchange::Destination::Exchange(name.clone())
@@ -96,17 +106,19 @@ impl Definitions {
             Change::QueueDeleted { name, uid } => {
                 if v.queues.get(name).is_some_and(|(u, _)| u == uid) {
                     v.queues.remove(name);
-                    v.bindings.retain(|b| {
+                    v.bindings.retain(|_, b| {
                         b.destination != crate::core::exchange::Destination::Queue(name.clone())
                     });
                 }
             }
             Change::Bound(spec) => {
-                if !v.bindings.contains(spec) {
-                    v.bindings.push(spec.clone());
-                }
+                v.bindings
+                    .entry(binding_key(spec))
+                    .or_insert_with(|| spec.clone());
             }
-            Change::Unbound(spec) => v.bindings.retain(|b| b != spec),
+            Change::Unbound(spec) => {
+                v.bindings.remove(&binding_key(spec));
+            }
             Change::RetainedSet(message) => {
                 v.retained
                     .insert(message.routing_key().clone(), message.clone());

@@ -197,7 +197,7 @@ pub fn restore(broker: &Arc<Broker>, rec: &mut Recovered) -> usize {
         for (uid, spec) in defs.queues.values() {
             vhost.restore_queue(spec.clone(), *uid, std::iter::empty());
         }
-        for b in &defs.bindings {
+        for b in defs.bindings.values() {
             vhost.restore_binding(b.clone());
         }
         // Messages last: one that expired while the broker was down is
