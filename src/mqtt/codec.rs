@@ -72,6 +72,10 @@ pub enum CodecError {
     /// Bytes that are not a well-formed packet.
     #[error("malformed packet: {0}")]
     Malformed(DecodeError),
+    /// An MQTT 5 PUBLISH with Topic Alias 0, which no alias may be
+    /// (MQTT-3.3.2-8): a protocol error with its own reason code, 0x94.
+    #[error("topic alias 0 is not a valid alias")]
+    TopicAliasZero,
 }
 
 impl From<DecodeError> for CodecError {
@@ -139,6 +143,13 @@ impl Decoder {
             // malformed, not a ping.
             return Err(CodecError::Malformed(DecodeError::MalformedPacket));
         }
+        if matches!(self.state, State::V5(_)) && !self.mid_packet {
+            match scan_publish_alias(buf, self.max_in) {
+                AliasScan::Zero => return Err(CodecError::TopicAliasZero),
+                AliasScan::NeedMore => return Ok(None),
+                AliasScan::NotZero => {}
+            }
+        }
         let before = buf.len();
         let packet = match &mut self.state {
             State::Sniff => unreachable!("set above"),
@@ -164,6 +175,102 @@ impl Decoder {
             State::V5(_) => Some(Version::V5),
         }
     }
+}
+
+/// What the look at a PUBLISH's properties found.
+enum AliasScan {
+    /// Topic Alias 0.
+    Zero,
+    /// No alias 0, or not a PUBLISH, or something for rmqtt-codec to judge.
+    NotZero,
+    /// The properties have not all arrived.
+    NeedMore,
+}
+
+/// Reads a variable byte integer: `Some((value, bytes))`, `None` when
+/// incomplete; a fifth continuation byte reads as `(u32::MAX, 0)`.
+fn varint(b: &[u8]) -> Option<(u32, usize)> {
+    let mut value = 0u32;
+    for (i, byte) in b.iter().take(4).enumerate() {
+        value |= u32::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    if b.len() >= 4 {
+        Some((u32::MAX, 0))
+    } else {
+        None
+    }
+}
+
+/// Looks for Topic Alias 0 in an MQTT 5 PUBLISH at the front of `buf`.
+/// Hand-written because rmqtt-codec reads the alias as a `NonZeroU16` and
+/// reports the whole packet as malformed (0x81) where MQTT 5 wants 0x94;
+/// anything unusual is left to rmqtt-codec, which decodes the packet.
+fn scan_publish_alias(buf: &[u8], max_in: u32) -> AliasScan {
+    let Some(&first) = buf.first() else {
+        return AliasScan::NotZero;
+    };
+    if first >> 4 != 3 {
+        return AliasScan::NotZero;
+    }
+    let Some((remaining, n)) = varint(&buf[1..]) else {
+        return AliasScan::NeedMore;
+    };
+    if n == 0 || remaining > max_in {
+        return AliasScan::NotZero;
+    }
+    let end = 1 + n + remaining as usize;
+    let mut p = 1 + n;
+    let Some(len) = buf.get(p..p + 2) else {
+        return if end >= p + 2 {
+            AliasScan::NeedMore
+        } else {
+            AliasScan::NotZero
+        };
+    };
+    p += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+    if (first >> 1) & 3 != 0 {
+        p += 2;
+    }
+    if p >= end {
+        return AliasScan::NotZero;
+    }
+    let Some((props, m)) = varint(buf.get(p..).unwrap_or_default()) else {
+        return AliasScan::NeedMore;
+    };
+    let props_end = p + m + props as usize;
+    if m == 0 || props_end > end {
+        return AliasScan::NotZero;
+    }
+    let Some(mut rest) = buf.get(p + m..props_end) else {
+        return AliasScan::NeedMore;
+    };
+    let u16_at = |b: &[u8], at: usize| {
+        b.get(at..at + 2)
+            .map(|x| usize::from(u16::from_be_bytes([x[0], x[1]])))
+    };
+    while let Some((&id, tail)) = rest.split_first() {
+        let skip = match id {
+            0x01 => Some(1),
+            0x02 => Some(4),
+            0x03 | 0x08 | 0x09 => u16_at(tail, 0).map(|l| 2 + l),
+            0x0B => varint(tail).filter(|(_, k)| *k > 0).map(|(_, k)| k),
+            0x23 => match u16_at(tail, 0) {
+                Some(0) => return AliasScan::Zero,
+                Some(_) => Some(2),
+                None => None,
+            },
+            0x26 => u16_at(tail, 0).and_then(|k| u16_at(tail, 2 + k).map(|v| 4 + k + v)),
+            _ => None,
+        };
+        match skip.and_then(|k| tail.get(k..)) {
+            Some(next) => rest = next,
+            None => return AliasScan::NotZero,
+        }
+    }
+    AliasScan::NotZero
 }
 
 fn ok_ack(packet_id: std::num::NonZeroU16) -> v5::PublishAck {
@@ -528,6 +635,49 @@ pub fn fuzz_decode(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn topic_alias_zero_is_its_own_error_and_other_aliases_pass() {
+        let connect: &[u8] = b"\x10\x0e\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x01f";
+        // PUBLISH QoS 0, topic "t", properties: user property, alias.
+        let publish = |alias: u8| {
+            let mut p = vec![0x30, 0, 0x00, 0x01, b't', 0];
+            let props = [0x26, 0, 1, b'k', 0, 1, b'v', 0x23, 0, alias];
+            p[5] = props.len() as u8;
+            p.extend_from_slice(&props);
+            p.extend_from_slice(b"body");
+            p[1] = (p.len() - 2) as u8;
+            p
+        };
+        for (alias, zero) in [(0u8, true), (3, false)] {
+            let whole = publish(alias);
+            // Whole, and one byte at a time: the answer is the same.
+            for step in [whole.len(), 1] {
+                let mut d = super::Decoder::new(512);
+                let mut buf = bytes::BytesMut::from(connect);
+                assert!(matches!(
+                    d.decode(&mut buf),
+                    Ok(Some(super::Inbound::Connect(..)))
+                ));
+                let mut got = None;
+                for chunk in whole.chunks(step) {
+                    buf.extend_from_slice(chunk);
+                    match d.decode(&mut buf) {
+                        Ok(None) => {}
+                        other => {
+                            got = Some(other);
+                            break;
+                        }
+                    }
+                }
+                match got {
+                    Some(Err(super::CodecError::TopicAliasZero)) => assert!(zero, "alias {alias}"),
+                    Some(Ok(Some(super::Inbound::Packet(_)))) => assert!(!zero, "alias {alias}"),
+                    other => panic!("alias {alias} step {step}: {other:?}"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_body_arriving_later_is_not_read_as_a_ping() {
         // Found by fuzzing: once rmqtt-codec has taken a fixed header, the

@@ -42,6 +42,7 @@ pub fn from_codec(err: &CodecError) -> Disconnect {
             DisconnectReasonCode::ProtocolError
         }
         CodecError::Malformed(_) => DisconnectReasonCode::MalformedPacket,
+        CodecError::TopicAliasZero => DisconnectReasonCode::TopicAliasInvalid,
     };
     Disconnect::new(code, err.to_string())
 }
