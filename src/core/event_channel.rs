@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -34,6 +35,9 @@ struct State {
 struct Shared {
     // Held only to push, or to swap the queue out; never across `.await`.
     state: Mutex<State>,
+    /// `state.closed`, readable without the lock: queues ask it of every
+    /// consumer they consider for a delivery.
+    closed: AtomicBool,
 }
 
 impl Shared {
@@ -87,7 +91,7 @@ impl EventSink {
 
     /// The receiver is closed or gone: events sent now are refused.
     pub fn is_closed(&self) -> bool {
-        self.shared.lock().closed
+        self.shared.closed.load(Ordering::Acquire)
     }
 }
 
@@ -171,6 +175,7 @@ impl EventStream {
     /// Refuses further sends; what was sent before can still be taken.
     pub fn close(&mut self) {
         self.shared.lock().closed = true;
+        self.shared.closed.store(true, Ordering::Release);
     }
 }
 
@@ -179,6 +184,7 @@ impl Drop for EventStream {
         let left = {
             let mut s = self.shared.lock();
             s.closed = true;
+            self.shared.closed.store(true, Ordering::Release);
             std::mem::take(&mut s.queue)
         };
         // Dropped outside the lock: an event's drop may touch its queue.
