@@ -96,9 +96,35 @@ async fn mqtt_login_needs_a_permission_in_the_vhost() {
     assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
 }
 
+/// Connects as user `reader` over MQTT 5, subscribes to `news/#` and
+/// returns the client with the SUBACK's reason codes.
+async fn subscribe_as_reader(
+    server: &ferrymq::server::Server,
+    id: &str,
+) -> (
+    mqtt_common::V5,
+    Vec<rumqttc::v5::mqttbytes::v5::SubscribeReasonCode>,
+) {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::Packet as Packet5;
+    let mut opts = mqtt_common::v5_options(server, id);
+    opts.set_credentials("reader", "pw");
+    let (mut c, _) = mqtt_common::V5::connect(opts).await;
+    c.client
+        .subscribe("news/#", QoS5::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
+    let granted = c
+        .expect("SUBACK", |p| match p {
+            Packet5::SubAck(a) => Some(a.return_codes),
+            _ => None,
+        })
+        .await;
+    (c, granted)
+}
+
 #[tokio::test]
 async fn mqtt_publish_and_subscribe_follow_the_permission_table() {
-    use mqtt_common::{V5, v5_options};
     use rumqttc::v5::mqttbytes::QoS as QoS5;
     use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason, SubscribeReasonCode};
 
@@ -115,19 +141,7 @@ async fn mqtt_publish_and_subscribe_follow_the_permission_table() {
     let perm = json!({"configure": ".*", "write": "^$", "read": ".*"});
     send(&api, "PUT", "/api/permissions/%2F/reader", Some(&perm)).await;
 
-    let mut opts = v5_options(&server, "reader-5");
-    opts.set_credentials("reader", "pw");
-    let (mut c, _) = V5::connect(opts).await;
-    c.client
-        .subscribe("news/#", QoS5::AtLeastOnce)
-        .await
-        .expect("subscribe queued");
-    let granted = c
-        .expect("SUBACK", |p| match p {
-            Packet5::SubAck(a) => Some(a.return_codes),
-            _ => None,
-        })
-        .await;
+    let (mut c, granted) = subscribe_as_reader(&server, "reader-5").await;
     assert_eq!(
         granted,
         vec![SubscribeReasonCode::Success(QoS5::AtLeastOnce)]
@@ -157,18 +171,6 @@ async fn mqtt_publish_and_subscribe_follow_the_permission_table() {
     // Without read access, the SUBACK refuses the filter.
     let perm = json!({"configure": ".*", "write": ".*", "read": "^$"});
     send(&api, "PUT", "/api/permissions/%2F/reader", Some(&perm)).await;
-    let mut opts = v5_options(&server, "reader-5b");
-    opts.set_credentials("reader", "pw");
-    let (mut c, _) = V5::connect(opts).await;
-    c.client
-        .subscribe("news/#", QoS5::AtLeastOnce)
-        .await
-        .expect("subscribe queued");
-    let granted = c
-        .expect("SUBACK", |p| match p {
-            Packet5::SubAck(a) => Some(a.return_codes),
-            _ => None,
-        })
-        .await;
+    let (_c, granted) = subscribe_as_reader(&server, "reader-5b").await;
     assert_eq!(granted, vec![SubscribeReasonCode::NotAuthorized]);
 }
