@@ -193,11 +193,17 @@ pub fn check_permission(
     if allowed {
         return Ok(());
     }
+    Err(refusal(user, vhost, access, kind, name))
+}
+
+/// Why `user` may not do `access` to `kind` `name`, in RabbitMQ's words
+/// (after its `ACCESS_REFUSED - ` prefix).
+pub fn refusal(user: &str, vhost: &str, access: Access, kind: &str, name: &str) -> String {
     let shown = if name.is_empty() { "amq.default" } else { name };
-    Err(format!(
+    format!(
         "{} access to {kind} '{shown}' in vhost '{vhost}' refused for user '{user}'",
         access.as_str()
-    ))
+    )
 }
 
 #[derive(Debug, Default)]

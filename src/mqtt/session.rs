@@ -946,11 +946,12 @@ impl Session {
         if allowed {
             return Ok(());
         }
-        Err(CoreError::AccessRefused(format!(
-            "{} access to exchange '{RETAINING_EXCHANGE}' in vhost '{}' refused for user '{}'",
-            access.as_str(),
-            vhost.name(),
-            user.name
+        Err(CoreError::AccessRefused(crate::core::auth::refusal(
+            &user.name,
+            vhost.name().as_str(),
+            access,
+            "exchange",
+            RETAINING_EXCHANGE,
         )))
     }
 
