@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::core::User;
+use crate::core::change::MemoryWindow;
 
 /// A listener address: `host:port`, or `off`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +114,11 @@ pub struct Config {
     pub group_commit_records: usize,
     /// ...for at most this many microseconds.
     pub group_commit_delay_micros: u64,
+    /// Ready messages per queue that keep their bodies in memory; a
+    /// journalled message behind more stays on disk until its turn.
+    pub queue_memory_messages: usize,
+    /// ...and the ready body bytes per queue that do.
+    pub queue_memory_bytes: u64,
     /// Publishers are blocked while the data directory's file system has
     /// less free space than this.
     pub disk_free_limit_bytes: u64,
@@ -161,6 +167,8 @@ impl Default for Config {
             journal_segment_bytes: 64 * 1024 * 1024,
             group_commit_records: 1,
             group_commit_delay_micros: 0,
+            queue_memory_messages: MemoryWindow::default().messages,
+            queue_memory_bytes: MemoryWindow::default().bytes,
             disk_free_limit_bytes: 50_000_000,
             memory_limit_bytes: 0,
             vhosts: vec!["/".into()],

@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::http::AdminState;
 use crate::admin::metrics::Metrics;
 use crate::config::{Config, Listen, resolve};
+use crate::core::change::MemoryWindow;
 use crate::core::{Broker, Limits, Users};
 use crate::store::{Journal, JournalConfig, recovery};
 
@@ -153,14 +154,19 @@ impl Server {
         lock.try_lock()
             .map_err(|_| data_err("in use by another ferrymq".into()))?;
         let journal_dir = config.data_dir.join("journal");
-        let mut recovered =
-            recovery::recover_logged(&journal_dir).map_err(|e| data_err(e.to_string()))?;
+        let memory_window = MemoryWindow {
+            messages: config.queue_memory_messages,
+            bytes: config.queue_memory_bytes,
+        };
+        let mut recovered = recovery::recover_logged(&journal_dir, memory_window)
+            .map_err(|e| data_err(e.to_string()))?;
         let journal = Journal::start(
             JournalConfig {
                 dir: journal_dir,
                 segment_bytes: config.journal_segment_bytes,
                 group_commit_records: config.group_commit_records,
                 group_commit_delay: Duration::from_micros(config.group_commit_delay_micros),
+                memory_window,
             },
             recovered.next_seq,
             recovered.defs.clone(),

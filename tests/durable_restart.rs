@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, fresh_dir, start_in, within};
+use common::{connect, fresh_dir, start_configured, start_in, within};
 use futures::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -208,9 +208,16 @@ async fn a_second_broker_on_the_same_data_directory_is_refused() {
 #[tokio::test]
 async fn a_deep_backlog_is_paged_to_disk_and_delivered_in_order_across_a_restart() {
     const N: u32 = 20_000;
+    // 512-byte bodies: the byte bound (1 MiB) keeps the first 2048 in
+    // memory, before the message bound (4096) would.
+    const KEPT: usize = 2048;
+    let window = |c: &mut ferrymq::config::Config| {
+        c.queue_memory_messages = 4096;
+        c.queue_memory_bytes = 1024 * 1024;
+    };
     let dir = fresh_dir();
     {
-        let server = start_in(&dir).await;
+        let server = start_configured(&dir, window).await;
         let conn = connect(&server).await;
         let ch = conn.create_channel().await.expect("channel");
         ch.queue_declare(
@@ -259,9 +266,10 @@ async fn a_deep_backlog_is_paged_to_disk_and_delivered_in_order_across_a_restart
             .expect("queue");
         // Everything past the in-memory window that is durable is on disk only.
         let paged = queue.paged_count();
+        assert!(paged + KEPT + 1024 >= N as usize, "only {paged} paged out");
         assert!(
-            paged + ferrymq::core::queue::MEMORY_MESSAGES + 1024 >= N as usize,
-            "only {paged} paged out"
+            paged <= N as usize - KEPT,
+            "{paged} paged out: the first {KEPT} keep their bodies"
         );
         // Consume and acknowledge half now: paged messages are read back in order.
         ch.basic_qos(500, BasicQosOptions::default())
@@ -292,7 +300,7 @@ async fn a_deep_backlog_is_paged_to_disk_and_delivered_in_order_across_a_restart
         conn.close(200, "bye".into()).await.expect("close");
         server.shutdown(Duration::from_secs(5)).await;
     }
-    let server = start_in(&dir).await;
+    let server = start_configured(&dir, window).await;
     let q = server
         .broker
         .vhost("/")
@@ -301,8 +309,8 @@ async fn a_deep_backlog_is_paged_to_disk_and_delivered_in_order_across_a_restart
         .expect("queue survived");
     assert_eq!(q.message_count(), (N / 2) as usize);
     assert!(
-        q.paged_count() >= (N / 2) as usize - ferrymq::core::queue::MEMORY_MESSAGES,
-        "recovered bodies stay on disk"
+        q.paged_count() >= (N / 2) as usize - KEPT,
+        "recovered bodies past the window stay on disk"
     );
     let conn = connect(&server).await;
     let ch = conn.create_channel().await.expect("channel");

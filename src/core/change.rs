@@ -153,6 +153,38 @@ pub enum Change {
     },
 }
 
+/// How much of a queue's backlog keeps its bodies in memory. Beyond the
+/// window, journalled messages live on disk once durable and are read back
+/// when their turn comes, so a deep backlog costs an index entry each, not
+/// a body. The default is wide enough that a consumer that falls a few
+/// hundred milliseconds behind its publisher still reads from memory: a
+/// body read back from disk costs its consumer a `pread`, which slows it
+/// further just when it is behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryWindow {
+    /// Ready messages per queue.
+    pub messages: usize,
+    /// Ready body bytes per queue.
+    pub bytes: u64,
+}
+
+impl Default for MemoryWindow {
+    fn default() -> Self {
+        Self {
+            messages: 65_536,
+            bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl MemoryWindow {
+    /// Whether a message that arrives behind `ready` messages of
+    /// `ready_bytes` keeps its body in memory.
+    pub fn keeps_body(&self, ready: usize, ready_bytes: u64) -> bool {
+        ready < self.messages && ready_bytes < self.bytes
+    }
+}
+
 /// Where changes go. The broker without storage uses `NoLog`.
 pub trait ChangeLog: Send + Sync + Debug {
     /// Records one change of a vhost; returns its position when the change
@@ -180,6 +212,11 @@ pub trait ChangeLog: Send + Sync + Debug {
     /// Follows the highest durable position, for holding confirms.
     fn durable(&self) -> Option<watch::Receiver<LogPosition>> {
         None
+    }
+
+    /// How much of each queue's backlog keeps its bodies in memory.
+    fn memory_window(&self) -> MemoryWindow {
+        MemoryWindow::default()
     }
 }
 

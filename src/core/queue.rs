@@ -351,11 +351,6 @@ pub struct Restored {
     pub logged: Logged,
 }
 
-/// Ready messages a queue keeps in memory; beyond this, journalled
-/// messages live on disk once durable and are read back when their turn
-/// comes, so a deep backlog costs an index entry each, not a body.
-pub const MEMORY_MESSAGES: usize = 8192;
-
 #[derive(Debug)]
 struct Unacked {
     key: ReadyKey,
@@ -680,7 +675,12 @@ impl Queue {
         st.ready_bytes += size;
         let logged = self.log_enqueued(key.1, &message);
         out.durable_at = logged.map(|l| l.seq);
-        if logged.is_some() && st.ready.len() >= MEMORY_MESSAGES {
+        if let (Some(_), Some(log)) = (logged, &self.log)
+            && !log
+                .log
+                .memory_window()
+                .keeps_body(st.ready.len(), st.ready_bytes)
+        {
             st.to_page.push_back(key);
         }
         st.ready

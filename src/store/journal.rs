@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 use super::record::{self, Definitions};
 use crate::core::VHostName;
-use crate::core::change::{Change, ChangeLog, LogPosition, Logged};
+use crate::core::change::{Change, ChangeLog, LogPosition, Logged, MemoryWindow};
 
 /// How the journal writes.
 #[derive(Clone, Debug)]
@@ -49,6 +49,8 @@ pub struct JournalConfig {
     pub group_commit_records: usize,
     /// The longest the writer waits to gather `group_commit_records`.
     pub group_commit_delay: Duration,
+    /// How much of each queue's backlog keeps its bodies in memory.
+    pub memory_window: MemoryWindow,
 }
 
 /// Borrowed form of `record::Entry` so appenders serialise without
@@ -287,6 +289,10 @@ impl ChangeLog for Journal {
             Ok((_, record::Entry::Change(_, change), _)) => Some(change),
             _ => None,
         }
+    }
+
+    fn memory_window(&self) -> MemoryWindow {
+        self.shared.config.memory_window
     }
 
     fn healthy(&self) -> bool {

@@ -13,12 +13,12 @@ use std::time::Instant;
 
 use super::journal::segment_path;
 use super::record::{self, Definitions, Entry, RecordError};
-use crate::core::change::{Change, LogPosition, Logged};
-use crate::core::queue::{MEMORY_MESSAGES, Restored};
+use crate::core::change::{Change, LogPosition, Logged, MemoryWindow};
+use crate::core::queue::Restored;
 use crate::core::{Broker, Message};
 
-/// A message that was live at the crash. Only the first
-/// `MEMORY_MESSAGES` of a queue keep their body; the rest are read back
+/// A message that was live at the crash. Only a queue's first messages
+/// (the journal's `MemoryWindow`) keep their body; the rest are read back
 /// from the journal when their turn comes, so recovering a deep backlog
 /// costs memory for its index, not its bodies.
 #[derive(Debug)]
@@ -54,6 +54,10 @@ pub struct Recovered {
     pub records: u64,
     /// Bytes read.
     pub bytes: u64,
+    /// Body bytes kept in memory per queue uid.
+    kept_bytes: HashMap<u64, u64>,
+    /// Which messages keep their bodies.
+    window: MemoryWindow,
 }
 
 /// Why recovery failed.
@@ -90,10 +94,11 @@ fn segments(dir: &Path) -> std::io::Result<Vec<LogPosition>> {
     Ok(found)
 }
 
-/// Reads every segment in `dir`.
-pub fn recover(dir: &Path) -> Result<Recovered, RecoveryError> {
+/// Reads every segment in `dir`; the messages in `window` keep their bodies.
+pub fn recover(dir: &Path, window: MemoryWindow) -> Result<Recovered, RecoveryError> {
     let mut out = Recovered {
         next_seq: 1,
+        window,
         ..Default::default()
     };
     let segs = segments(dir)?;
@@ -149,7 +154,11 @@ fn apply(out: &mut Recovered, logged: Logged, entry: Entry) {
         Change::Enqueued { queue, id, message } => {
             *out.live.entry(logged.segment).or_insert(0) += 1;
             let q = out.messages.entry(queue).or_default();
-            let keep = q.len() < MEMORY_MESSAGES;
+            let kept = out.kept_bytes.entry(queue).or_default();
+            let keep = out.window.keeps_body(q.len(), *kept);
+            if keep {
+                *kept += message.size() as u64;
+            }
             let live = LiveMessage {
                 priority: message.properties().priority,
                 ttl: message.properties().ttl_millis(),
@@ -168,6 +177,15 @@ fn apply(out: &mut Recovered, logged: Logged, entry: Entry) {
         }
         Change::Removed { queue, id, segment } => {
             let removed = out.messages.get_mut(&queue).and_then(|q| q.remove(&id));
+            if let Some(LiveMessage {
+                message: Some(_),
+                size,
+                ..
+            }) = &removed
+                && let Some(kept) = out.kept_bytes.get_mut(&queue)
+            {
+                *kept -= u64::from(*size);
+            }
             if removed.is_some()
                 && let Some(n) = out.live.get_mut(&segment)
             {
@@ -176,6 +194,7 @@ fn apply(out: &mut Recovered, logged: Logged, entry: Entry) {
         }
         Change::QueueDeleted { uid, .. } => {
             out.messages.remove(&uid);
+            out.kept_bytes.remove(&uid);
         }
         _ => {}
     }
@@ -234,9 +253,9 @@ pub fn restore(broker: &Arc<Broker>, rec: &mut Recovered) -> usize {
 }
 
 /// Recovers, logs what it took, and returns the state.
-pub fn recover_logged(dir: &Path) -> Result<Recovered, RecoveryError> {
+pub fn recover_logged(dir: &Path, window: MemoryWindow) -> Result<Recovered, RecoveryError> {
     let started = Instant::now();
-    let rec = recover(dir)?;
+    let rec = recover(dir, window)?;
     tracing::info!(
         records = rec.records,
         bytes = rec.bytes,
@@ -262,6 +281,7 @@ mod tests {
             segment_bytes,
             group_commit_records: 1,
             group_commit_delay: Duration::ZERO,
+            memory_window: MemoryWindow::default(),
         }
     }
 
@@ -335,7 +355,7 @@ mod tests {
     fn recovery_restores_exactly_the_live_messages_across_segments() {
         let dir = tempfile::tempdir().expect("temp dir");
         write(dir.path(), 2048, 100, |i| i % 3 == 0);
-        let rec = recover(dir.path()).expect("recovers");
+        let rec = recover(dir.path(), MemoryWindow::default()).expect("recovers");
         assert!(rec.defs.vhosts["/"].queues.contains_key("q"));
         let expected: Vec<u64> = (0..100).filter(|i| i % 3 != 0).collect();
         assert_eq!(ids(&rec), expected);
@@ -349,7 +369,7 @@ mod tests {
         // 200 × ~120-byte records over 2 KiB segments is a dozen segments;
         // all but the ones holding messages 190.. and the active one go.
         assert!(segs.len() < 6, "segments left: {segs:?}");
-        let rec = recover(dir.path()).expect("recovers");
+        let rec = recover(dir.path(), MemoryWindow::default()).expect("recovers");
         assert_eq!(ids(&rec), (190..200).collect::<Vec<_>>());
         assert!(
             rec.defs.vhosts["/"].queues.contains_key("q"),
@@ -410,7 +430,7 @@ mod tests {
             !segment_path(dir.path(), 1).exists(),
             "the first segment was reclaimed"
         );
-        let rec = recover(dir.path()).expect("recovers");
+        let rec = recover(dir.path(), MemoryWindow::default()).expect("recovers");
         let v = &rec.defs.vhosts["/"];
         assert_eq!(v.retained.len(), 4);
         assert_eq!(v.retained["a.b"].body().len(), 100);
@@ -447,7 +467,7 @@ mod tests {
                 damaged_from = f;
             }
             fs::write(&path, &data).expect("write");
-            let rec = recover(dir.path()).expect("a damaged tail is not fatal");
+            let rec = recover(dir.path(), MemoryWindow::default()).expect("a damaged tail is not fatal");
             // Records are: checkpoint, queue declaration, then messages 0..40.
             let intact = ends.iter().filter(|&&e| e <= damaged_from).count();
             let expected: Vec<u64> = (0..40u64).take(intact.saturating_sub(2)).collect();

@@ -27,8 +27,14 @@ pub fn fresh_dir() -> std::path::PathBuf {
 
 /// A broker on ephemeral loopback ports over an existing data directory.
 pub async fn start_in(dir: &std::path::Path) -> Server {
+    start_configured(dir, |_| {}).await
+}
+
+/// As `start_in`, with the configuration changed by `tune` first.
+pub async fn start_configured(dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> Server {
     let mut config = Config::ephemeral();
     config.data_dir = dir.to_path_buf();
+    tune(&mut config);
     Server::start(&config)
         .await
         .expect("broker starts on ephemeral ports")
