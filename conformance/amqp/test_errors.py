@@ -355,6 +355,18 @@ def test_530_on_tune_ok_above_the_offered_frame_max(broker):
         raw.close()
 
 
+def test_540_on_qos_with_a_prefetch_size(raw):
+    # basic.qos prefetch-size=65536 prefetch-count=10 global=false
+    code, text = closes_connection(raw, method(1, 60, 10, struct.pack(">IHB", 65536, 10, 0)))
+    assert code == 540, text
+    assert "prefetch_size" in text, text
+
+
+def test_qos_with_a_zero_prefetch_size_is_accepted(raw):
+    raw.send(method(1, 60, 10, struct.pack(">IHB", 0, 10, 0)))
+    raw.expect_method(60, 11, 1)
+
+
 def test_540_on_recover_without_requeue(raw):
     # basic.recover requeue=false
     code, text = closes_connection(raw, method(1, 60, 110, b"\x00"))

@@ -114,6 +114,14 @@ def test_exclusive_queue_from_another_connection_is_405(broker, connection):
         other.close()
 
 
+def test_qos_with_a_prefetch_size_is_not_implemented(connection):
+    # py-amqp sends prefetch_size as given; RabbitMQ answers 540 too.
+    ch = connection.channel()
+    with pytest.raises(amqp.exceptions.AMQPNotImplementedError) as e:
+        ch.basic_qos(prefetch_size=4096, prefetch_count=10, a_global=False)
+    assert e.value.reply_code == 540
+
+
 def test_connection_error_closes_the_connection(connection):
     ch = connection.channel()
     with pytest.raises(amqp.exceptions.AMQPNotImplementedError) as e:

@@ -17,6 +17,8 @@ const FRAME_HEARTBEAT: u8 = 8;
 const FRAME_END: u8 = 0xCE;
 /// type (1) + channel (2) + size (4)
 const FRAME_HEADER_LEN: usize = 7;
+/// Class and method id of basic.qos, whose first field is prefetch-size.
+const BASIC_QOS: [u8; 4] = [0, 60, 0, 10];
 
 /// The protocol header this server speaks.
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
@@ -59,6 +61,11 @@ pub enum CodecError {
     /// A method or content header that does not parse.
     #[error("malformed {0} frame")]
     Malformed(&'static str),
+    /// basic.qos with a prefetch-size, which RabbitMQ does not implement
+    /// either (it answers 540); amq-protocol's parser drops the field, so
+    /// the codec reads it from the frame.
+    #[error("prefetch_size!=0 ({0})")]
+    PrefetchSize(u32),
     /// The socket failed.
     #[error("i/o: {0}")]
     Io(String),
@@ -136,6 +143,12 @@ impl Decoder for AmqpCodec {
         }
         if src[total - 1] != FRAME_END {
             return Err(CodecError::BadFrameEnd);
+        }
+        if kind == FRAME_METHOD && size >= 11 && src[7..11] == BASIC_QOS {
+            let prefetch_size = u32::from_be_bytes([src[11], src[12], src[13], src[14]]);
+            if prefetch_size != 0 {
+                return Err(CodecError::PrefetchSize(prefetch_size));
+            }
         }
         let inbound = match kind {
             FRAME_BODY => {
@@ -336,6 +349,28 @@ mod tests {
         assert!(matches!(
             codec.decode(&mut buf),
             Err(CodecError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_qos_with_a_prefetch_size_is_refused_and_one_without_is_not() {
+        let qos = |size: u32| {
+            let mut f = vec![FRAME_METHOD, 0, 1, 0, 0, 0, 11, 0, 60, 0, 10];
+            f.extend_from_slice(&size.to_be_bytes());
+            f.extend_from_slice(&[0, 10, 0, FRAME_END]);
+            BytesMut::from(&f[..])
+        };
+        let mut codec = AmqpCodec {
+            greeted: true,
+            frame_max: 4096,
+        };
+        assert_eq!(
+            codec.decode(&mut qos(65536)),
+            Err(CodecError::PrefetchSize(65536))
+        );
+        assert!(matches!(
+            codec.decode(&mut qos(0)),
+            Ok(Some(Inbound::Method(1, AMQPClass::Basic(_))))
         ));
     }
 

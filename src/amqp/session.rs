@@ -224,6 +224,10 @@ impl Session {
                 out.extend_from_slice(super::codec::PROTOCOL_HEADER);
                 self.stage = Stage::Done;
             }
+            CodecError::PrefetchSize(_) => self.fail(
+                Reply::connection(NOT_IMPLEMENTED, format!("NOT_IMPLEMENTED - {err}")),
+                out,
+            ),
             CodecError::TooLarge { .. } => self.fail(
                 Reply::connection(FRAME_ERROR, format!("FRAME_ERROR - {err}")),
                 out,
