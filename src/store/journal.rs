@@ -81,6 +81,9 @@ struct State {
     /// Live (enqueued, not removed) messages per segment, oldest first.
     live: BTreeMap<LogPosition, i64>,
     closed: bool,
+    /// The writer sleeps on `wake`: only then does a record need to wake
+    /// it (a notify is a system call even with no one waiting).
+    writer_waiting: bool,
 }
 
 #[derive(Debug)]
@@ -142,6 +145,7 @@ impl Journal {
             defs,
             live,
             closed: false,
+            writer_waiting: false,
         };
         let (durable, _) = watch::channel(active.saturating_sub(1));
         let shared = Arc::new(Shared {
@@ -217,6 +221,32 @@ impl Journal {
         }
     }
 
+    /// Appends one serialised change and keeps the definitions and live
+    /// counts up to date.
+    fn append(&self, vhost: &VHostName, change: &Change, payload: &[u8]) -> Option<Logged> {
+        let mut st = self.lock();
+        if st.closed {
+            return None;
+        }
+        let logged = self.push(&mut st, payload);
+        st.defs.apply(vhost, change);
+        match change {
+            Change::Enqueued { .. } => *st.live.entry(logged.segment).or_insert(0) += 1,
+            Change::Removed { segment, .. } => {
+                if let Some(n) = st.live.get_mut(segment) {
+                    *n -= 1;
+                }
+            }
+            _ => {}
+        }
+        let wake = st.writer_waiting;
+        drop(st);
+        if wake {
+            self.shared.wake.notify_one();
+        }
+        Some(logged)
+    }
+
     /// Flushes everything and stops the writer.
     pub fn shutdown(&self) {
         self.lock().closed = true;
@@ -241,26 +271,22 @@ impl Drop for Journal {
 
 impl ChangeLog for Journal {
     fn record(&self, vhost: &VHostName, change: Change) -> Option<Logged> {
-        let payload =
-            postcard::to_stdvec(&EntryRef::Change(vhost, &change)).expect("core types serialise");
-        let mut st = self.lock();
-        if st.closed {
-            return None;
+        thread_local! {
+            // Serialised outside the journal's lock, into a buffer each
+            // thread reuses rather than one allocation per record.
+            static PAYLOAD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let logged = self.push(&mut st, &payload);
-        st.defs.apply(vhost, &change);
-        match &change {
-            Change::Enqueued { .. } => *st.live.entry(logged.segment).or_insert(0) += 1,
-            Change::Removed { segment, .. } => {
-                if let Some(n) = st.live.get_mut(segment) {
-                    *n -= 1;
-                }
+        PAYLOAD.with_borrow_mut(|payload| {
+            payload.clear();
+            *payload =
+                postcard::to_extend(&EntryRef::Change(vhost, &change), std::mem::take(payload))
+                    .expect("core types serialise");
+            let logged = self.append(vhost, &change, payload);
+            if payload.capacity() > 64 * 1024 {
+                *payload = Vec::new();
             }
-            _ => {}
-        }
-        drop(st);
-        self.shared.wake.notify_one();
-        Some(logged)
+            logged
+        })
     }
 
     fn read(&self, segment: LogPosition, offset: u64) -> Option<Change> {
@@ -325,7 +351,9 @@ fn writer_loop(shared: &Shared) {
         let (chunks, last) = {
             let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             while st.chunks.is_empty() && !st.closed {
+                st.writer_waiting = true;
                 st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                st.writer_waiting = false;
             }
             if st.chunks.is_empty() && st.closed {
                 break;
@@ -333,11 +361,13 @@ fn writer_loop(shared: &Shared) {
             let want = shared.config.group_commit_records;
             if want > 1 && st.pending_records < want && !st.closed {
                 let delay = shared.config.group_commit_delay;
+                st.writer_waiting = true;
                 st = shared
                     .wake
                     .wait_timeout_while(st, delay, |s| s.pending_records < want && !s.closed)
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
+                st.writer_waiting = false;
             }
             st.pending_records = 0;
             let chunks = std::mem::take(&mut st.chunks);
