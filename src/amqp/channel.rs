@@ -141,13 +141,6 @@ impl Channel {
         let (tag, sub) = self.consumers.iter().find(|(_, s)| s.id == d.consumer)?;
         let delivery_tag = self.next_tag;
         self.next_tag += 1;
-        let method = basic::Deliver {
-            consumer_tag: short(tag),
-            delivery_tag,
-            redelivered: d.redelivered,
-            exchange: short(d.message.exchange().as_str()),
-            routing_key: short(d.message.routing_key().as_str()),
-        };
         if !sub.no_ack {
             self.unacked.insert(
                 delivery_tag,
@@ -157,10 +150,14 @@ impl Channel {
                 },
             );
         }
-        writer.method(
+        FrameWriter::deliver(
             out,
             ch,
-            AMQPClass::Basic(basic::AMQPMethod::Deliver(method)),
+            tag,
+            delivery_tag,
+            d.redelivered,
+            d.message.exchange().as_str(),
+            d.message.routing_key().as_str(),
         );
         write_content(writer, out, ch, &d.message, frame_max);
         Some(sub.no_ack)
