@@ -226,6 +226,11 @@ impl Registration {
         self.entry.info.id
     }
 
+    /// What the connection is.
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.entry.info
+    }
+
     /// Records a lane's current state (opened or changed).
     pub fn set_lane(&self, lane: LaneInfo) {
         self.entry
