@@ -7,7 +7,7 @@
 //! flight) lives in `Persistent`, shared through the vhost's session
 //! registry so the next connection with the same client id resumes it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,7 +27,7 @@ use super::topic::{self, ParsedFilter};
 use crate::core::binding_options::{EXCLUDE_RESERVED, TopicBinding};
 use crate::core::change::LogPosition;
 use crate::core::exchange::{BindingSpec, Destination};
-use crate::core::names::{IdMap, IdSet};
+use crate::core::names::IdMap;
 use crate::core::queue::{ConsumerSpec, Queue, QueueSpec};
 use crate::core::retained::RETAINING_EXCHANGE;
 use crate::core::{
@@ -89,15 +89,17 @@ pub struct Subscription {
     pub id: Option<NonZeroU32>,
 }
 
-/// Session state that outlives a connection.
+/// Session state that outlives a connection. Every connection has one,
+/// shared with the session registry; its id sets are B-trees because an
+/// empty one is allocation-free and smaller than an empty hash set.
 #[derive(Debug, Default)]
 pub struct Persistent {
     /// Subscriptions by the filter string the client sent.
     pub subscriptions: BTreeMap<String, Subscription>,
     /// QoS 2 publishes received and routed, PUBREL awaited.
-    pub incoming_qos2: IdSet<u16>,
+    pub incoming_qos2: BTreeSet<u16>,
     /// QoS 2 deliveries the client has PUBREC'd, PUBCOMP awaited.
-    pub released: IdSet<u16>,
+    pub released: BTreeSet<u16>,
     /// The session survives its connection.
     pub durable: bool,
 }
