@@ -43,6 +43,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a closing connection has to flush its last packets (a DISCONNECT,
 /// acks) to a client that is slow to read them.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Rounds of work one poll of the task does at most.
+const WAKES_PER_POLL: usize = 64;
 /// How far off "no deadline" is.
 const NO_DEADLINE: Duration = Duration::from_secs(3600);
 
@@ -102,13 +104,16 @@ struct Wake {
 }
 
 /// Serves one MQTT connection until either side closes it.
-pub async fn serve<S>(
+// Not an `async fn`: its arguments would stay in the task beside the
+// `Connection` made of them.
+pub fn serve<S>(
     stream: S,
     peer: SocketAddr,
     broker: Arc<Broker>,
     settings: Arc<Settings>,
     shutdown: CancellationToken,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, events) = crate::core::event_channel::channel();
@@ -135,29 +140,43 @@ pub async fn serve<S>(
         durable_waiting: false,
         journal_gone: false,
     };
-    let timer = sleep_until(started + CONNECT_TIMEOUT);
-    tokio::pin!(timer);
-    loop {
-        if !c.prepare() {
-            break;
-        }
-        let target = c.deadline();
-        if target < timer.deadline() {
-            timer.as_mut().reset(target);
-        }
-        let can_read = c.can_read();
-        let wake = poll_fn(|cx| c.poll_wake(cx, timer.as_mut(), can_read)).await;
-        if !c.handle(wake, timer.as_mut()) {
-            break;
-        }
-    }
-    let farewell = c.session.release();
-    let _ = c.stream.shutdown().await;
-    drop(c);
-    linger(farewell);
+    async move { c.run().await }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    async fn run(&mut self) {
+        let timer = sleep_until(self.started + CONNECT_TIMEOUT);
+        tokio::pin!(timer);
+        poll_fn(|cx| self.poll_serve(cx, timer.as_mut())).await;
+        // Ahead of the socket's shutdown, which may wait: the farewell
+        // need not be kept across it.
+        linger(self.session.release());
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// The connection's loop, as one poll: ready when the connection is over.
+    fn poll_serve(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<()> {
+        for _ in 0..WAKES_PER_POLL {
+            if !self.prepare() {
+                return Poll::Ready(());
+            }
+            let target = self.deadline();
+            if target < timer.deadline() {
+                timer.as_mut().reset(target);
+            }
+            let can_read = self.can_read();
+            let Poll::Ready(wake) = self.poll_wake(cx, timer.as_mut(), can_read) else {
+                return Poll::Pending;
+            };
+            if !self.handle(wake, timer.as_mut()) {
+                return Poll::Ready(());
+            }
+        }
+        // Busy: let the worker's other tasks run before going on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
     /// Readies the next wait; false when the connection is over.
     fn prepare(&mut self) -> bool {
         if self.before_connect.is_some() && !self.session.is_done() && self.session.is_open() {
