@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures::FutureExt;
 use rmqtt_codec::v5::{self, DisconnectReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
@@ -69,10 +70,9 @@ struct Connection<S> {
     rbuf: BytesMut,
     wbuf: BytesMut,
     writing: BytesMut,
-    batch: Vec<Event>,
-    started: Instant,
     last_read: Instant,
-    read_size: usize,
+    /// The client sends a lot: read in `READ_CHUNK`s into `rbuf`.
+    busy: bool,
     eof: bool,
     /// A PUBLISH arrived during a resource alarm: nothing more is read
     /// until it clears, so the publisher feels TCP back-pressure (as
@@ -80,12 +80,17 @@ struct Connection<S> {
     /// goes out.
     held: bool,
     /// The broker's shutdown, watched until CONNECT is accepted.
-    shutdown: CancellationToken,
     before_connect: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    alarm_wait: Option<Change<crate::core::alarm::Alarms>>,
+    /// Made the first time a PUBLISH is held or an ack waits for the journal.
+    waits: Option<Box<Waits>>,
+}
+
+#[derive(Default)]
+struct Waits {
+    alarm: Option<Change<crate::core::alarm::Alarms>>,
     alarm_waiting: bool,
     /// The journal's durable position, watched while acks wait for it.
-    durable_wait: Option<Change<LogPosition>>,
+    durable: Option<Change<LogPosition>>,
     durable_waiting: bool,
     /// The journal stopped, or there is none: no ack can become durable.
     journal_gone: bool,
@@ -117,7 +122,6 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, events) = crate::core::event_channel::channel();
-    let started = Instant::now();
     let mut c = Connection {
         stream,
         events,
@@ -126,26 +130,19 @@ where
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
         writing: BytesMut::new(),
-        batch: Vec::new(),
-        started,
-        last_read: started,
-        read_size: READ_SMALL,
+        last_read: Instant::now(),
+        busy: false,
         eof: false,
         held: false,
-        before_connect: Some(Box::pin(shutdown.clone().cancelled_owned())),
-        shutdown,
-        alarm_wait: None,
-        alarm_waiting: false,
-        durable_wait: None,
-        durable_waiting: false,
-        journal_gone: false,
+        before_connect: Some(Box::pin(shutdown.cancelled_owned())),
+        waits: None,
     };
     async move { c.run().await }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn run(&mut self) {
-        let timer = sleep_until(self.started + CONNECT_TIMEOUT);
+        let timer = sleep_until(Instant::now() + CONNECT_TIMEOUT);
         tokio::pin!(timer);
         poll_fn(|cx| self.poll_serve(cx, timer.as_mut())).await;
         // Ahead of the socket's shutdown, which may wait: the farewell
@@ -156,19 +153,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// The connection's loop, as one poll: ready when the connection is over.
     fn poll_serve(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<()> {
+        // Events taken from the channel: on the stack, not in the task.
+        let mut batch = Vec::new();
         for _ in 0..WAKES_PER_POLL {
             if !self.prepare() {
                 return Poll::Ready(());
             }
-            let target = self.deadline();
-            if target < timer.deadline() {
+            if let Some(target) = self.deadline()
+                && target < timer.deadline()
+            {
                 timer.as_mut().reset(target);
             }
             let can_read = self.can_read();
-            let Poll::Ready(wake) = self.poll_wake(cx, timer.as_mut(), can_read) else {
+            let Poll::Ready(wake) = self.poll_wake(cx, timer.as_mut(), &mut batch, can_read) else {
                 return Poll::Pending;
             };
-            if !self.handle(wake, timer.as_mut()) {
+            if !self.handle(wake, &mut batch, timer.as_mut()) {
                 return Poll::Ready(());
             }
         }
@@ -183,15 +183,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             // From here on the shutdown comes as an event: the session is
             // in the connection registry, which `close_on_shutdown` reads
             // after the token is cancelled.
-            self.before_connect = None;
-            if self.shutdown.is_cancelled() {
+            let cancelled = self.before_connect.take().and_then(FutureExt::now_or_never);
+            if cancelled.is_some() {
                 self.shutting_down();
             }
         }
-        if self.held && !self.alarm_waiting {
+        if self.held && !self.waits.as_ref().is_some_and(|w| w.alarm_waiting) {
             self.wait_for_alarm();
         }
-        if !self.durable_waiting && !self.journal_gone && self.session.awaits_durability() {
+        if self.session.awaits_durability()
+            && !self
+                .waits
+                .as_ref()
+                .is_some_and(|w| w.durable_waiting || w.journal_gone)
+        {
             self.wait_for_journal();
         }
         if self.writing.is_empty() && !self.wbuf.is_empty() {
@@ -201,19 +206,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_BUFFER {
             self.wbuf = BytesMut::new();
         }
-        if self.rbuf.is_empty()
-            && (self.rbuf.capacity() > IDLE_BUFFER || self.read_size == READ_SMALL)
-        {
+        if self.rbuf.is_empty() && (self.rbuf.capacity() > IDLE_BUFFER || !self.busy) {
             self.rbuf = BytesMut::new();
         }
         if (self.session.is_done() || self.eof) && self.writing.is_empty() {
             return false;
         }
-        if self.can_read()
-            && !(self.rbuf.is_empty() && self.read_size == READ_SMALL)
-            && self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2
-        {
-            self.rbuf.reserve(self.read_size);
+        let read_size = if self.busy { READ_CHUNK } else { READ_SMALL };
+        // An idle client's small reads go through the stack instead.
+        let into_rbuf = self.busy || !self.rbuf.is_empty();
+        if into_rbuf && self.can_read() && self.rbuf.capacity() - self.rbuf.len() < read_size / 2 {
+            self.rbuf.reserve(read_size);
         }
         true
     }
@@ -222,18 +225,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         !self.eof && !self.held && !self.session.is_done() && self.wbuf.len() < WRITE_HIGH_WATER
     }
 
-    fn deadline(&self) -> Instant {
+    /// When the timer should fire; `None`: where it was set first (the
+    /// CONNECT timeout). It is only ever moved earlier here, later when it
+    /// fires early.
+    fn deadline(&self) -> Option<Instant> {
         let keep_alive = self.session.keep_alive();
         if self.session.is_done() {
-            // Only ever moved earlier: this counts from the first look.
-            Instant::now() + CLOSE_GRACE
+            // Counted from the first look, as the timer only moves earlier.
+            Some(Instant::now() + CLOSE_GRACE)
         } else if !self.session.is_open() {
-            self.started + CONNECT_TIMEOUT
+            None
         } else if keep_alive > 0 && !self.held {
             // MQTT-3.1.2-24: one and a half keepalives without a packet.
-            self.last_read + Duration::from_millis(u64::from(keep_alive) * 1500)
+            Some(self.last_read + Duration::from_millis(u64::from(keep_alive) * 1500))
         } else {
-            Instant::now() + NO_DEADLINE
+            Some(Instant::now() + NO_DEADLINE)
         }
     }
 
@@ -252,11 +258,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.release_held();
             return;
         }
-        match &mut self.alarm_wait {
+        let waits = self.waits.get_or_insert_with(Box::default);
+        match &mut waits.alarm {
             Some(f) => f.set(changed(rx)),
-            None => self.alarm_wait = Some(ReusableBoxFuture::new(changed(rx))),
+            None => waits.alarm = Some(ReusableBoxFuture::new(changed(rx))),
         }
-        self.alarm_waiting = true;
+        waits.alarm_waiting = true;
     }
 
     /// Goes on reading once the alarms have cleared.
@@ -275,7 +282,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// acks wait.
     fn wait_for_journal(&mut self) {
         let Some(mut rx) = self.session.broker().durable() else {
-            self.journal_gone = true;
+            self.waits.get_or_insert_with(Box::default).journal_gone = true;
             return;
         };
         let at = *rx.borrow_and_update();
@@ -287,11 +294,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if !self.session.awaits_durability() {
             return;
         }
-        match &mut self.durable_wait {
+        let waits = self.waits.get_or_insert_with(Box::default);
+        match &mut waits.durable {
             Some(f) => f.set(changed(rx)),
-            None => self.durable_wait = Some(ReusableBoxFuture::new(changed(rx))),
+            None => waits.durable = Some(ReusableBoxFuture::new(changed(rx))),
         }
-        self.durable_waiting = true;
+        waits.durable_waiting = true;
     }
 
     /// Polls whatever the connection waits for; ready when anything is.
@@ -299,6 +307,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         &mut self,
         cx: &mut Context<'_>,
         timer: Pin<&mut Sleep>,
+        batch: &mut Vec<Event>,
         can_read: bool,
     ) -> Poll<Wake> {
         let mut w = Wake::default();
@@ -316,19 +325,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.before_connect = None;
             w.shutdown = true;
         }
-        if self.alarm_waiting
-            && let Some(f) = &mut self.alarm_wait
-            && let Poll::Ready(r) = f.poll(cx)
-        {
-            w.alarm = Some(r);
+        if let Some(waits) = &mut self.waits {
+            if waits.alarm_waiting
+                && let Some(f) = &mut waits.alarm
+                && let Poll::Ready(r) = f.poll(cx)
+            {
+                waits.alarm_waiting = false;
+                w.alarm = Some(r);
+            }
+            if waits.durable_waiting
+                && let Some(f) = &mut waits.durable
+                && let Poll::Ready(r) = f.poll(cx)
+            {
+                waits.durable_waiting = false;
+                w.durable = Some(r);
+            }
         }
-        if self.durable_waiting
-            && let Some(f) = &mut self.durable_wait
-            && let Poll::Ready(r) = f.poll(cx)
-        {
-            w.durable = Some(r);
-        }
-        if let Poll::Ready(n) = self.events.poll_recv_many(cx, &mut self.batch, EVENT_BATCH) {
+        if let Poll::Ready(n) = self.events.poll_recv_many(cx, batch, EVENT_BATCH) {
             w.events = Some(n);
         }
         if can_read {
@@ -348,7 +361,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Option<io::Result<usize>> {
-        if self.rbuf.is_empty() && self.read_size == READ_SMALL {
+        if self.rbuf.is_empty() && !self.busy {
             let stream = Pin::new(&mut self.stream);
             let mut small = [0u8; READ_SMALL];
             let mut buf = ReadBuf::new(&mut small);
@@ -369,7 +382,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Acts on what a wake-up found; false when the connection is over.
-    fn handle(&mut self, w: Wake, timer: Pin<&mut Sleep>) -> bool {
+    fn handle(&mut self, w: Wake, batch: &mut Vec<Event>, timer: Pin<&mut Sleep>) -> bool {
+        let was_done = self.session.is_done();
         if let Some(r) = w.wrote {
             match r {
                 Ok(0) | Err(_) => return false,
@@ -383,12 +397,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.shutting_down();
         }
         if let Some(r) = w.alarm {
-            self.alarm_waiting = false;
             match r {
                 Some(rx) if rx.borrow().any() => {
-                    if let Some(f) = &mut self.alarm_wait {
+                    if let Some(waits) = &mut self.waits
+                        && let Some(f) = &mut waits.alarm
+                    {
                         f.set(changed(rx));
-                        self.alarm_waiting = true;
+                        waits.alarm_waiting = true;
                     }
                 }
                 // Cleared, or the broker is going away.
@@ -396,25 +411,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         }
         if let Some(r) = w.durable {
-            self.durable_waiting = false;
             match r {
                 Some(mut rx) => {
                     let at = *rx.borrow_and_update();
                     self.session.set_durable(at, &mut self.wbuf);
                     self.await_journal(rx);
                 }
-                None => self.journal_gone = true,
+                None => self.waits.get_or_insert_with(Box::default).journal_gone = true,
             }
         }
         if let Some(n) = w.events {
             if n == 0 {
                 return false;
             }
-            for event in self.batch.drain(..) {
+            for event in batch.drain(..) {
                 self.session.on_event(event, &mut self.wbuf);
-            }
-            if self.batch.capacity() > 64 {
-                self.batch = Vec::new();
             }
             self.session.end_of_batch();
         }
@@ -423,11 +434,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Ok(0) | Err(_) => self.eof = true,
                 Ok(n) => {
                     self.session.received(n);
-                    self.read_size = if n >= READ_SMALL / 2 {
-                        READ_CHUNK
-                    } else {
-                        READ_SMALL
-                    };
+                    self.busy = n >= READ_SMALL / 2;
                     self.last_read = Instant::now();
                     self.held = decode_input(
                         &mut self.decoder,
@@ -440,16 +447,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         if w.timer {
             let peer = self.session.peer();
-            if self.session.is_done() {
+            if was_done {
                 // Its last packets have had their time to go out.
                 return false;
             }
-            if !self.session.is_open() {
+            if !self.session.is_open() && !self.session.is_done() {
                 tracing::info!(%peer, "no CONNECT in time");
                 return false;
             }
-            let target = self.deadline();
-            if self.session.keep_alive() > 0 && !self.held && Instant::now() >= target {
+            let Some(target) = self.deadline() else {
+                return true;
+            };
+            if self.session.is_open()
+                && self.session.keep_alive() > 0
+                && !self.held
+                && Instant::now() >= target
+            {
                 tracing::info!(%peer, client = self.session.client_id(), "keepalive expired");
                 self.session.fail(
                     Disconnect::new(DisconnectReasonCode::KeepAliveTimeout, "keepalive expired"),

@@ -33,7 +33,7 @@ use crate::core::retained::RETAINING_EXCHANGE;
 use crate::core::{
     Access, AuthError, Broker, ConnectionId, ConnectionInfo, ConsumerId, ConsumerTag, CoreError,
     Delivery, DeliveryId, Event, EventSink, ExchangeName, Headers, LaneInfo, Message, Protocol,
-    QueueName, Registration, RoutingKey, Settle, Stats, User, VHost, Value,
+    QueueName, Registration, RoutingKey, Settle, User, VHost, Value,
 };
 
 /// The reason given to a connection whose client id another one claimed.
@@ -188,6 +188,8 @@ struct Flows {
     /// PUBACKs and PUBRECs waiting for the journal, in arrival order
     /// (MQTT-4.6.0-2): each with the position that must be durable first.
     held_acks: VecDeque<(LogPosition, v5::Packet)>,
+    /// The highest journal position known durable.
+    durable: LogPosition,
 }
 
 /// One MQTT connection's protocol state.
@@ -216,18 +218,31 @@ pub struct Session {
     client_receive_max: u16,
     client_alias_max: u16,
     next_packet_id: u16,
-    /// The highest journal position known durable.
-    durable: LogPosition,
-    /// The broker's counters.
-    stats: Arc<Stats>,
     /// This connection's entry in the broker's connection registry, from
     /// CONNACK until the connection is released.
     registration: Option<Registration>,
     /// Consumers last shown in the registry.
-    listed_consumers: usize,
+    listed_consumers: u32,
     /// Whether the user may publish (write to amq.topic), and the user
     /// table's generation the answer holds for: asked once, not per message.
-    may_publish: Option<(u64, bool)>,
+    may_publish: PublishGrant,
+}
+
+/// Whether the user may publish, as of a user table generation; packed in
+/// one word because every connection keeps one.
+#[derive(Debug, Clone, Copy, Default)]
+struct PublishGrant(u64);
+
+impl PublishGrant {
+    fn new(generation: u64, allowed: bool) -> Self {
+        Self(generation.wrapping_add(1) << 1 | u64::from(allowed))
+    }
+
+    /// The answer, if it was given at `generation`.
+    fn at(self, generation: u64) -> Option<bool> {
+        (self.0 != 0 && self.0 >> 1 == generation.wrapping_add(1) & (u64::MAX >> 1))
+            .then_some(self.0 & 1 == 1)
+    }
 }
 
 type Outcome = Result<(), Disconnect>;
@@ -260,11 +275,10 @@ impl Session {
             client_receive_max: u16::MAX,
             client_alias_max: 0,
             next_packet_id: 1,
-            durable: 0,
-            stats: broker.stats.clone(),
+
             registration: None,
             listed_consumers: 0,
-            may_publish: None,
+            may_publish: PublishGrant::default(),
             broker,
         }
     }
@@ -719,7 +733,11 @@ impl Session {
                     .as_mut()
                     .and_then(|f| f.outbound.remove(&a.packet_id.get()));
                 if let Some(o) = acked {
-                    self.stats.protocol(Protocol::Mqtt).acknowledged.inc();
+                    self.broker
+                        .stats
+                        .protocol(Protocol::Mqtt)
+                        .acknowledged
+                        .inc();
                     if let Some((q, id)) = o.settle {
                         self.settle_later(q, id, Settle::Ack);
                     }
@@ -731,7 +749,11 @@ impl Session {
                 let id = a.packet_id.get();
                 let received = self.flows.as_mut().and_then(|f| f.outbound.remove(&id));
                 if let Some(o) = received {
-                    self.stats.protocol(Protocol::Mqtt).acknowledged.inc();
+                    self.broker
+                        .stats
+                        .protocol(Protocol::Mqtt)
+                        .acknowledged
+                        .inc();
                     if let Some((q, did)) = o.settle {
                         self.settle_later(q, did, Settle::Ack);
                     }
@@ -876,7 +898,7 @@ impl Session {
         let vhost = self.vhost.clone().expect("open sessions have a vhost");
         let access = self.check_access(Access::Write);
         let mut durable_at = None;
-        let mqtt = self.stats.protocol(Protocol::Mqtt);
+        let mqtt = self.broker.stats.protocol(Protocol::Mqtt);
         mqtt.published.inc();
         let mut refusal = None;
         let routed = match access {
@@ -935,7 +957,9 @@ impl Session {
         };
         // The ack promises the message is safe: it waits for the journal.
         match durable_at {
-            Some(at) if at > self.durable => self.flows().held_acks.push_back((at, packet)),
+            Some(at) if at > self.flows.as_ref().map_or(0, |f| f.durable) => {
+                self.flows().held_acks.push_back((at, packet));
+            }
             _ if self.awaits_durability() => self.flows().held_acks.push_back((0, packet)),
             _ => self.write(packet, out),
         }
@@ -951,15 +975,17 @@ impl Session {
         };
         let user = &registration.info().user;
         let users = &self.broker.users;
-        let allowed = match (access, self.may_publish) {
-            (Access::Write, Some((generation, allowed))) if generation == users.generation() => {
-                allowed
-            }
+        let known = match access {
+            Access::Write => self.may_publish.at(users.generation()),
+            _ => None,
+        };
+        let allowed = match known {
+            Some(allowed) => allowed,
             _ => {
                 let generation = users.generation();
                 let allowed = users.allows(user, vhost.name().as_str(), access, RETAINING_EXCHANGE);
                 if access == Access::Write {
-                    self.may_publish = Some((generation, allowed));
+                    self.may_publish = PublishGrant::new(generation, allowed);
                 }
                 allowed
             }
@@ -984,12 +1010,12 @@ impl Session {
 
     /// The journal reached `position`: acks waiting for it go out.
     pub fn set_durable(&mut self, position: LogPosition, out: &mut BytesMut) {
-        self.durable = self.durable.max(position);
         let Some(flows) = &mut self.flows else {
             return;
         };
+        flows.durable = flows.durable.max(position);
         while let Some((at, _)) = flows.held_acks.front() {
-            if *at > self.durable {
+            if *at > flows.durable {
                 break;
             }
             let (_, packet) = flows.held_acks.pop_front().expect("front exists");
@@ -1452,7 +1478,7 @@ impl Session {
             }
             return;
         }
-        let mqtt = self.stats.protocol(Protocol::Mqtt);
+        let mqtt = self.broker.stats.protocol(Protocol::Mqtt);
         mqtt.delivered.inc();
         if p.dup {
             mqtt.redelivered.inc();
@@ -1531,12 +1557,12 @@ impl Session {
             return;
         };
         if let Some(r) = &self.registration
-            && flows.consumers.len() != self.listed_consumers
+            && flows.consumers.len() != self.listed_consumers as usize
         {
-            self.listed_consumers = flows.consumers.len();
+            self.listed_consumers = flows.consumers.len() as u32;
             r.set_lane(LaneInfo {
                 number: 1,
-                consumers: self.listed_consumers as u32,
+                consumers: self.listed_consumers,
                 ..LaneInfo::default()
             });
         }
@@ -1883,6 +1909,15 @@ mod tests {
                 },
             )],
         })
+    }
+
+    #[test]
+    fn a_publish_grant_holds_only_for_its_generation() {
+        assert_eq!(PublishGrant::default().at(0), None);
+        let grant = PublishGrant::new(7, true);
+        assert_eq!(grant.at(7), Some(true));
+        assert_eq!(grant.at(8), None);
+        assert_eq!(PublishGrant::new(0, false).at(0), Some(false));
     }
 
     #[tokio::test]
