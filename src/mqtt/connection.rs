@@ -155,7 +155,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn poll_serve(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<()> {
         // Events taken from the channel: on the stack, not in the task.
         let mut batch = Vec::new();
-        for _ in 0..WAKES_PER_POLL {
+        for round in 0..WAKES_PER_POLL {
             if !self.prepare() {
                 return Poll::Ready(());
             }
@@ -165,7 +165,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 timer.as_mut().reset(target);
             }
             let can_read = self.can_read();
-            let Poll::Ready(wake) = self.poll_wake(cx, timer.as_mut(), &mut batch, can_read) else {
+            let polled = self.poll_wake(cx, timer.as_mut(), &mut batch, can_read, round == 0);
+            let Poll::Ready(wake) = polled else {
                 return Poll::Pending;
             };
             if !self.handle(wake, &mut batch, timer.as_mut()) {
@@ -309,6 +310,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         timer: Pin<&mut Sleep>,
         batch: &mut Vec<Event>,
         can_read: bool,
+        first: bool,
     ) -> Poll<Wake> {
         let mut w = Wake::default();
         if !self.writing.is_empty() {
@@ -347,17 +349,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if can_read {
             w.read = self.poll_read(cx);
         }
-        if timer.poll(cx).is_ready() {
-            w.timer = true;
-        }
-        let any = w.wrote.is_some()
+        let busy = w.wrote.is_some()
             || w.read.is_some()
             || w.events.is_some()
             || w.alarm.is_some()
             || w.durable.is_some()
-            || w.shutdown
-            || w.timer;
-        if any { Poll::Ready(w) } else { Poll::Pending }
+            || w.shutdown;
+        // The timer is looked at in a task's first round and whenever
+        // nothing else is ready, which is before every wait.
+        if (first || !busy) && timer.poll(cx).is_ready() {
+            w.timer = true;
+        }
+        if busy || w.timer {
+            Poll::Ready(w)
+        } else {
+            Poll::Pending
+        }
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Option<io::Result<usize>> {
