@@ -222,6 +222,10 @@ impl Server {
         if let Some(listener) = mqtt {
             let (b, s) = (broker.clone(), shutdown.clone());
             let settings = Arc::new(mqtt_settings(config));
+            tracker.spawn(crate::mqtt::connection::close_on_shutdown(
+                broker.clone(),
+                shutdown.clone(),
+            ));
             tracker.spawn(accept(
                 listener,
                 shutdown.clone(),

@@ -249,3 +249,34 @@ async fn a_packet_before_connect_closes_the_connection() {
     let got = read_to_close(&mut s, "the broker to close").await;
     assert!(got.is_empty());
 }
+
+#[tokio::test]
+async fn shutdown_disconnects_open_clients_and_closes_those_before_connect() {
+    let server = start().await;
+    let mut open = socket(&server).await;
+    open.write_all(&connect_v5("leaving")).await.expect("write");
+    let mut ack = [0u8; 64];
+    let n = within("CONNACK", open.read(&mut ack)).await.expect("read");
+    assert!(matches!(
+        decode_v5(&ack[..n]).first(),
+        Some(v5::Packet::ConnectAck(_))
+    ));
+    // The first byte of a CONNECT that never comes.
+    let mut silent = socket(&server).await;
+    silent.write_all(&[0x10]).await.expect("write");
+    // Time for the broker to take the connection and read the byte.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let since = tokio::time::Instant::now();
+    server.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        since.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        since.elapsed()
+    );
+    let got = read_to_close(&mut open, "DISCONNECT and close").await;
+    assert_eq!(
+        disconnect_reason(&decode_v5(&got)),
+        Some(v5::DisconnectReasonCode::ServerShuttingDown)
+    );
+    assert!(read_to_close(&mut silent, "the close").await.is_empty());
+}

@@ -9,7 +9,7 @@
 //! disconnect and on rare per-connection changes (a new lane, a consumer);
 //! never per message.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -85,7 +85,9 @@ pub struct LaneInfo {
 struct Entry {
     info: ConnectionInfo,
     sink: EventSink,
-    lanes: Mutex<BTreeMap<u32, LaneInfo>>,
+    /// By number. A Vec: most connections have one lane, which a BTreeMap
+    /// would keep in a 232-byte node.
+    lanes: Mutex<Vec<LaneInfo>>,
     received: Count,
     sent: Count,
 }
@@ -125,7 +127,7 @@ impl Connections {
         let entry = Arc::new(Entry {
             info,
             sink,
-            lanes: Mutex::new(BTreeMap::new()),
+            lanes: Mutex::new(Vec::new()),
             received: Count::default(),
             sent: Count::default(),
         });
@@ -166,13 +168,7 @@ impl Connections {
             .iter()
             .map(|e| ConnectionSnapshot {
                 info: e.info.clone(),
-                lanes: e
-                    .lanes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .values()
-                    .cloned()
-                    .collect(),
+                lanes: e.lanes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 received_bytes: e.received.get(),
                 sent_bytes: e.sent.get(),
             })
@@ -226,22 +222,32 @@ impl Registration {
         self.entry.info.id
     }
 
+    /// What the connection is.
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.entry.info
+    }
+
     /// Records a lane's current state (opened or changed).
     pub fn set_lane(&self, lane: LaneInfo) {
-        self.entry
-            .lanes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(lane.number, lane);
+        let mut lanes = self.entry.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        match lanes.binary_search_by_key(&lane.number, |l| l.number) {
+            Ok(i) => lanes[i] = lane,
+            Err(i) => {
+                if lanes.capacity() == 0 {
+                    // Room for one, not the four a first push makes.
+                    lanes.reserve_exact(1);
+                }
+                lanes.insert(i, lane);
+            }
+        }
     }
 
     /// Forgets a closed lane.
     pub fn remove_lane(&self, number: u32) {
-        self.entry
-            .lanes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&number);
+        let mut lanes = self.entry.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(i) = lanes.binary_search_by_key(&number, |l| l.number) {
+            lanes.remove(i);
+        }
     }
 
     /// Counts bytes read from the client.
@@ -291,9 +297,20 @@ mod tests {
             consumers: 2,
             ..Default::default()
         });
+        reg.set_lane(LaneInfo {
+            number: 3,
+            ..Default::default()
+        });
+        reg.set_lane(LaneInfo {
+            number: 2,
+            ..Default::default()
+        });
+        reg.remove_lane(3);
         let listed = registry.list();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].lanes[0].consumers, 2);
+        let numbers: Vec<u32> = listed[0].lanes.iter().map(|l| l.number).collect();
+        assert_eq!(numbers, [1, 2]);
         assert_eq!(registry.count(Protocol::Amqp), 1);
         assert!(registry.close(ConnectionId(1), "bye"));
         assert!(matches!(rx.try_recv(), Ok(Event::CloseConnection(r)) if r == "bye"));

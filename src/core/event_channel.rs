@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 use super::delivery::Event;
 
@@ -28,7 +28,9 @@ struct State {
     queue: VecDeque<Event>,
     waker: Option<Waker>,
     closed: bool,
-    senders: usize,
+    // u32 keeps `Shared` in a smaller allocation class; four billion
+    // clones of one connection's sink are not a concern.
+    senders: u32,
 }
 
 #[derive(Debug, Default)]
@@ -132,26 +134,34 @@ impl EventStream {
     /// returns how many, 0 only when every sender is gone (or the stream
     /// is closed) and nothing is left.
     pub async fn recv_many(&mut self, buf: &mut Vec<Event>, limit: usize) -> usize {
-        poll_fn(|cx| {
-            let mut s = self.shared.lock();
-            if s.queue.is_empty() {
-                if s.senders == 0 || s.closed {
-                    return Poll::Ready(0);
-                }
-                match &mut s.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    w => *w = Some(cx.waker().clone()),
-                }
-                return Poll::Pending;
+        poll_fn(|cx| self.poll_recv_many(cx, buf, limit)).await
+    }
+
+    /// `recv_many` for a hand-written poll loop: a waiting task is woken
+    /// when an event is sent.
+    pub fn poll_recv_many(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut Vec<Event>,
+        limit: usize,
+    ) -> Poll<usize> {
+        let mut s = self.shared.lock();
+        if s.queue.is_empty() {
+            if s.senders == 0 || s.closed {
+                return Poll::Ready(0);
             }
-            let n = s.queue.len().min(limit.max(1));
-            buf.extend(s.queue.drain(..n));
-            if s.queue.is_empty() && s.queue.capacity() > KEEP_CAPACITY {
-                s.queue = VecDeque::new();
+            match &mut s.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                w => *w = Some(cx.waker().clone()),
             }
-            Poll::Ready(n)
-        })
-        .await
+            return Poll::Pending;
+        }
+        let n = s.queue.len().min(limit.max(1));
+        buf.extend(s.queue.drain(..n));
+        if s.queue.is_empty() && s.queue.capacity() > KEEP_CAPACITY {
+            s.queue = VecDeque::new();
+        }
+        Poll::Ready(n)
     }
 
     /// Waits for one event; `None` once every sender is gone (or the

@@ -80,13 +80,15 @@ pub struct Claim {
 pub struct SessionRegistry {
     // Held for map updates only, never across `.await`; taken after any
     // vhost lock and never together with a queue's lock.
-    entries: Mutex<HashMap<String, Entry>>,
+    // Keyed by the adapter's own copy of the name: one idle connection
+    // fewer allocations.
+    entries: Mutex<HashMap<Arc<str>, Entry>>,
     /// Names with a session recorded in the journal. A leaf lock.
     stored: Mutex<HashSet<String>>,
 }
 
 impl SessionRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -95,7 +97,7 @@ impl SessionRegistry {
     /// when there is none, `fresh()` becomes the state.
     pub fn claim(
         &self,
-        name: &str,
+        name: &Arc<str>,
         connection: ConnectionId,
         sink: EventSink,
         resume: bool,
@@ -104,7 +106,7 @@ impl SessionRegistry {
     ) -> Claim {
         let mut entries = self.lock();
         let holder = Holder { connection, sink };
-        match entries.get_mut(name) {
+        match entries.get_mut(&**name) {
             Some(entry) => {
                 entry.generation += 1;
                 let displaced = entry.holder.replace(holder).and_then(|old| {
@@ -127,7 +129,7 @@ impl SessionRegistry {
             None => {
                 let state = fresh();
                 entries.insert(
-                    name.to_owned(),
+                    name.clone(),
                     Entry {
                         holder: Some(holder),
                         state: state.clone(),
@@ -216,7 +218,7 @@ impl SessionRegistry {
     pub fn park_stored(&self, name: &str, stored: StoredSession) -> u64 {
         self.set_stored(name, true);
         let mut entries = self.lock();
-        let entry = entries.entry(name.to_owned()).or_insert_with(|| Entry {
+        let entry = entries.entry(Arc::from(name)).or_insert_with(|| Entry {
             holder: None,
             state: Arc::new(()),
             generation: 0,
@@ -231,7 +233,7 @@ impl SessionRegistry {
         self.lock()
             .iter()
             .filter(|(_, e)| e.holder.is_none())
-            .map(|(n, e)| (n.clone(), e.generation, e.state.clone()))
+            .map(|(n, e)| (n.to_string(), e.generation, e.state.clone()))
             .collect()
     }
 
@@ -257,13 +259,14 @@ mod tests {
     #[test]
     fn a_second_claim_displaces_the_first_and_parked_state_resumes() {
         let reg = SessionRegistry::default();
+        let name: Arc<str> = Arc::from("c");
         let (tx1, mut rx1) = crate::core::event_channel::channel();
         let (tx2, _rx2) = crate::core::event_channel::channel();
-        let a = reg.claim("c", ConnectionId(1), tx1, true, "taken over", fresh(1));
+        let a = reg.claim(&name, ConnectionId(1), tx1, true, "taken over", fresh(1));
         assert!(!a.resumed);
         assert_eq!(a.displaced, None);
         let b = reg.claim(
-            "c",
+            &name,
             ConnectionId(2),
             tx2.clone(),
             true,
@@ -282,11 +285,11 @@ mod tests {
         assert_eq!(reg.holder("c"), Some(ConnectionId(2)));
         // Parked, then resumed by a later claim; expiry against the old generation fails.
         let parked_gen = reg.release("c", ConnectionId(2), true).expect("holder");
-        let c = reg.claim("c", ConnectionId(3), tx2.clone(), true, "", fresh(3));
+        let c = reg.claim(&name, ConnectionId(3), tx2.clone(), true, "", fresh(3));
         assert!(c.resumed);
         assert!(reg.expire("c", parked_gen).is_none());
         // A clean claim replaces the state; a release without parking forgets it.
-        let d = reg.claim("c", ConnectionId(4), tx2, false, "", fresh(4));
+        let d = reg.claim(&name, ConnectionId(4), tx2, false, "", fresh(4));
         assert_eq!(d.state.downcast_ref::<u32>(), Some(&4));
         let g = reg.release("c", ConnectionId(4), true).expect("holder");
         assert!(reg.expire("c", g).is_some());

@@ -7,7 +7,7 @@
 //! flight) lives in `Persistent`, shared through the vhost's session
 //! registry so the next connection with the same client id resumes it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,17 +27,19 @@ use super::topic::{self, ParsedFilter};
 use crate::core::binding_options::{EXCLUDE_RESERVED, TopicBinding};
 use crate::core::change::LogPosition;
 use crate::core::exchange::{BindingSpec, Destination};
-use crate::core::names::{IdMap, IdSet};
+use crate::core::names::IdMap;
 use crate::core::queue::{ConsumerSpec, Queue, QueueSpec};
 use crate::core::retained::RETAINING_EXCHANGE;
 use crate::core::{
     Access, AuthError, Broker, ConnectionId, ConnectionInfo, ConsumerId, ConsumerTag, CoreError,
     Delivery, DeliveryId, Event, EventSink, ExchangeName, Headers, LaneInfo, Message, Protocol,
-    QueueName, Registration, RoutingKey, Settle, Stats, User, VHost, Value,
+    QueueName, Registration, RoutingKey, Settle, User, VHost, Value,
 };
 
 /// The reason given to a connection whose client id another one claimed.
 pub const TAKEN_OVER: &str = "session taken over";
+/// The reason given to open connections when the broker shuts down.
+pub const SHUTTING_DOWN: &str = "broker shutdown";
 
 /// What this server allows and announces; config.rs fills it.
 #[derive(Debug, Clone)]
@@ -87,15 +89,17 @@ pub struct Subscription {
     pub id: Option<NonZeroU32>,
 }
 
-/// Session state that outlives a connection.
+/// Session state that outlives a connection. Every connection has one,
+/// shared with the session registry; its id sets are B-trees because an
+/// empty one is allocation-free and smaller than an empty hash set.
 #[derive(Debug, Default)]
 pub struct Persistent {
     /// Subscriptions by the filter string the client sent.
     pub subscriptions: BTreeMap<String, Subscription>,
     /// QoS 2 publishes received and routed, PUBREL awaited.
-    pub incoming_qos2: IdSet<u16>,
+    pub incoming_qos2: BTreeSet<u16>,
     /// QoS 2 deliveries the client has PUBREC'd, PUBCOMP awaited.
-    pub released: IdSet<u16>,
+    pub released: BTreeSet<u16>,
     /// The session survives its connection.
     pub durable: bool,
 }
@@ -164,37 +168,17 @@ pub struct Farewell {
     pub queue: Option<QueueName>,
 }
 
-/// One MQTT connection's protocol state.
-#[derive(Debug)]
-pub struct Session {
-    broker: Arc<Broker>,
-    settings: Arc<Settings>,
-    peer: SocketAddr,
-    conn_id: ConnectionId,
-    events: EventSink,
-    stage: Stage,
-    writer: Option<Writer>,
-    client_id: Arc<str>,
-    user: Option<User>,
-    vhost: Option<Arc<VHost>>,
-    keep_alive: u16,
-    session_expiry: u32,
-    state: Arc<Mutex<Persistent>>,
-    holds_name: bool,
-    will: Option<Will>,
-    /// A DISCONNECT with reason 0 arrived: no will.
-    clean_disconnect: bool,
-    queue: Option<Arc<Queue>>,
+/// What a session needs once it subscribes, publishes at QoS 1 or 2 or
+/// uses topic aliases. Boxed apart: most connections of an MQTT broker are
+/// idle devices that never need it.
+#[derive(Debug, Default)]
+struct Flows {
     consumers: IdMap<ConsumerId, ConsumerInfo>,
     /// Shared subscription (raw filter) -> its consumer.
     shared: HashMap<String, ConsumerId>,
-    /// The client's Receive Maximum: QoS 1/2 PUBLISHes in flight to it.
-    client_receive_max: u16,
-    client_alias_max: u16,
     aliases_out: HashMap<String, NonZeroU16>,
     aliases_in: IdMap<u16, ByteString>,
     outbound: IdMap<u16, Outgoing>,
-    next_packet_id: u16,
     held: VecDeque<Pending>,
     /// Deliveries to settle once this batch is done, per queue.
     settles: Vec<(Arc<Queue>, DeliveryId, Settle)>,
@@ -206,16 +190,59 @@ pub struct Session {
     held_acks: VecDeque<(LogPosition, v5::Packet)>,
     /// The highest journal position known durable.
     durable: LogPosition,
-    /// The broker's counters.
-    stats: Arc<Stats>,
+}
+
+/// One MQTT connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    broker: Arc<Broker>,
+    settings: Arc<Settings>,
+    peer: SocketAddr,
+    conn_id: ConnectionId,
+    events: EventSink,
+    stage: Stage,
+    writer: Option<Writer>,
+    client_id: Arc<str>,
+    vhost: Option<Arc<VHost>>,
+    keep_alive: u16,
+    session_expiry: u32,
+    state: Arc<Mutex<Persistent>>,
+    holds_name: bool,
+    will: Option<Will>,
+    /// A DISCONNECT with reason 0 arrived: no will.
+    clean_disconnect: bool,
+    queue: Option<Arc<Queue>>,
+    /// Made at the first subscription, QoS 1/2 publish or topic alias.
+    flows: Option<Box<Flows>>,
+    /// The client's Receive Maximum: QoS 1/2 PUBLISHes in flight to it.
+    client_receive_max: u16,
+    client_alias_max: u16,
+    next_packet_id: u16,
     /// This connection's entry in the broker's connection registry, from
     /// CONNACK until the connection is released.
     registration: Option<Registration>,
     /// Consumers last shown in the registry.
-    listed_consumers: usize,
+    listed_consumers: u32,
     /// Whether the user may publish (write to amq.topic), and the user
     /// table's generation the answer holds for: asked once, not per message.
-    may_publish: Option<(u64, bool)>,
+    may_publish: PublishGrant,
+}
+
+/// Whether the user may publish, as of a user table generation; packed in
+/// one word because every connection keeps one.
+#[derive(Debug, Clone, Copy, Default)]
+struct PublishGrant(u64);
+
+impl PublishGrant {
+    fn new(generation: u64, allowed: bool) -> Self {
+        Self(generation.wrapping_add(1) << 1 | u64::from(allowed))
+    }
+
+    /// The answer, if it was given at `generation`.
+    fn at(self, generation: u64) -> Option<bool> {
+        (self.0 != 0 && self.0 >> 1 == generation.wrapping_add(1) & (u64::MAX >> 1))
+            .then_some(self.0 & 1 == 1)
+    }
 }
 
 type Outcome = Result<(), Disconnect>;
@@ -236,7 +263,6 @@ impl Session {
             stage: Stage::AwaitConnect,
             writer: None,
             client_id: Arc::from(""),
-            user: None,
             vhost: None,
             keep_alive: 0,
             session_expiry: 0,
@@ -245,23 +271,14 @@ impl Session {
             will: None,
             clean_disconnect: false,
             queue: None,
-            consumers: IdMap::default(),
-            shared: HashMap::new(),
+            flows: None,
             client_receive_max: u16::MAX,
             client_alias_max: 0,
-            aliases_out: HashMap::new(),
-            aliases_in: IdMap::default(),
-            outbound: IdMap::default(),
             next_packet_id: 1,
-            held: VecDeque::new(),
-            settles: Vec::new(),
-            sent: IdMap::default(),
-            held_acks: VecDeque::new(),
-            durable: 0,
-            stats: broker.stats.clone(),
+
             registration: None,
             listed_consumers: 0,
-            may_publish: None,
+            may_publish: PublishGrant::default(),
             broker,
         }
     }
@@ -283,13 +300,29 @@ impl Session {
     pub fn client_id(&self) -> &str {
         &self.client_id
     }
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+    /// The broker the session lives in.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
     /// The largest packet accepted from the client.
     pub fn max_packet(&self) -> u32 {
         self.settings.max_packet
     }
     /// QoS 1/2 PUBLISHes in flight to the client.
     pub fn in_flight(&self) -> usize {
-        self.outbound.len() + self.persist().released.len()
+        self.flows.as_ref().map_or(0, |f| f.outbound.len()) + self.persist().released.len()
+    }
+
+    fn flows(&mut self) -> &mut Flows {
+        self.flows.get_or_insert_with(Box::default)
+    }
+
+    fn settle_later(&mut self, queue: Arc<Queue>, id: DeliveryId, how: Settle) {
+        self.flows().settles.push((queue, id, how));
     }
 
     fn persist(&self) -> MutexGuard<'_, Persistent> {
@@ -301,11 +334,7 @@ impl Session {
     }
 
     fn write(&mut self, packet: v5::Packet, out: &mut BytesMut) {
-        if let Some(w) = &mut self.writer
-            && let Err(e) = w.write(packet, out)
-        {
-            tracing::debug!(peer = %self.peer, error = %e, "packet not written");
-        }
+        write_packet(&mut self.writer, self.peer, packet, out);
     }
 
     /// Handles one inbound packet.
@@ -523,7 +552,6 @@ impl Session {
             }
         }
         self.vhost = Some(vhost.clone());
-        self.user = Some(user);
         self.will = will;
 
         // A durable session's queue exists from CONNECT on, to keep
@@ -563,7 +591,7 @@ impl Session {
         };
         self.write(v5::Packet::ConnectAck(Box::new(ack)), out);
         self.stage = Stage::Open;
-        self.register();
+        self.register(user.name);
         tracing::debug!(peer = %self.peer, client = %self.client_id, ?version, session_present, "MQTT client connected");
 
         // Finish what the last connection left half done.
@@ -590,8 +618,9 @@ impl Session {
     }
 
     /// Lists the connection in the broker's registry, with its one lane.
-    fn register(&mut self) {
-        let (Some(user), Some(vhost)) = (&self.user, &self.vhost) else {
+    /// The entry is where the session finds its user's name again.
+    fn register(&mut self, user: String) {
+        let Some(vhost) = &self.vhost else {
             return;
         };
         let registration = self.broker.connections.register_single_lane(
@@ -599,7 +628,7 @@ impl Session {
                 id: self.conn_id,
                 protocol: Protocol::Mqtt,
                 peer: self.peer,
-                user: user.name.clone(),
+                user,
                 vhost: vhost.name().clone(),
                 client_name: Some(self.client_id.to_string()),
                 client_product: None,
@@ -699,10 +728,18 @@ impl Session {
         match p {
             P::Publish(p) => self.on_publish(*p, out),
             P::PublishAck(a) => {
-                if let Some(o) = self.outbound.remove(&a.packet_id.get()) {
-                    self.stats.protocol(Protocol::Mqtt).acknowledged.inc();
+                let acked = self
+                    .flows
+                    .as_mut()
+                    .and_then(|f| f.outbound.remove(&a.packet_id.get()));
+                if let Some(o) = acked {
+                    self.broker
+                        .stats
+                        .protocol(Protocol::Mqtt)
+                        .acknowledged
+                        .inc();
                     if let Some((q, id)) = o.settle {
-                        self.settles.push((q, id, Settle::Ack));
+                        self.settle_later(q, id, Settle::Ack);
                     }
                     self.drain_held(out);
                 }
@@ -710,10 +747,15 @@ impl Session {
             }
             P::PublishReceived(a) => {
                 let id = a.packet_id.get();
-                if let Some(o) = self.outbound.remove(&id) {
-                    self.stats.protocol(Protocol::Mqtt).acknowledged.inc();
+                let received = self.flows.as_mut().and_then(|f| f.outbound.remove(&id));
+                if let Some(o) = received {
+                    self.broker
+                        .stats
+                        .protocol(Protocol::Mqtt)
+                        .acknowledged
+                        .inc();
                     if let Some((q, did)) = o.settle {
-                        self.settles.push((q, did, Settle::Ack));
+                        self.settle_later(q, did, Settle::Ack);
                     }
                     if o.qos == QoS::ExactlyOnce && u8::from(a.reason_code) < 0x80 {
                         self.persist().released.insert(id);
@@ -801,11 +843,16 @@ impl Session {
                     ));
                 }
                 if p.topic.is_empty() {
-                    p.topic = self.aliases_in.get(&alias.get()).cloned().ok_or_else(|| {
-                        Disconnect::protocol(format!("topic alias {alias} was never set"))
-                    })?;
+                    p.topic = self
+                        .flows
+                        .as_ref()
+                        .and_then(|f| f.aliases_in.get(&alias.get()).cloned())
+                        .ok_or_else(|| {
+                            Disconnect::protocol(format!("topic alias {alias} was never set"))
+                        })?;
                 } else {
-                    self.aliases_in.insert(alias.get(), p.topic.clone());
+                    let topic = p.topic.clone();
+                    self.flows().aliases_in.insert(alias.get(), topic);
                 }
             }
         }
@@ -851,7 +898,7 @@ impl Session {
         let vhost = self.vhost.clone().expect("open sessions have a vhost");
         let access = self.check_access(Access::Write);
         let mut durable_at = None;
-        let mqtt = self.stats.protocol(Protocol::Mqtt);
+        let mqtt = self.broker.stats.protocol(Protocol::Mqtt);
         mqtt.published.inc();
         let mut refusal = None;
         let routed = match access {
@@ -910,8 +957,10 @@ impl Session {
         };
         // The ack promises the message is safe: it waits for the journal.
         match durable_at {
-            Some(at) if at > self.durable => self.held_acks.push_back((at, packet)),
-            _ if !self.held_acks.is_empty() => self.held_acks.push_back((0, packet)),
+            Some(at) if at > self.flows.as_ref().map_or(0, |f| f.durable) => {
+                self.flows().held_acks.push_back((at, packet));
+            }
+            _ if self.awaits_durability() => self.flows().held_acks.push_back((0, packet)),
             _ => self.write(packet, out),
         }
         Ok(())
@@ -921,24 +970,22 @@ impl Session {
     /// through (`Read`) amq.topic in this vhost, under RabbitMQ's
     /// permission model, as its MQTT adapter applies it.
     fn check_access(&mut self, access: Access) -> Result<(), CoreError> {
-        let (Some(user), Some(vhost)) = (&self.user, &self.vhost) else {
+        let (Some(registration), Some(vhost)) = (&self.registration, &self.vhost) else {
             return Ok(());
         };
+        let user = &registration.info().user;
         let users = &self.broker.users;
-        let allowed = match (access, self.may_publish) {
-            (Access::Write, Some((generation, allowed))) if generation == users.generation() => {
-                allowed
-            }
+        let known = match access {
+            Access::Write => self.may_publish.at(users.generation()),
+            _ => None,
+        };
+        let allowed = match known {
+            Some(allowed) => allowed,
             _ => {
                 let generation = users.generation();
-                let allowed = users.allows(
-                    &user.name,
-                    vhost.name().as_str(),
-                    access,
-                    RETAINING_EXCHANGE,
-                );
+                let allowed = users.allows(user, vhost.name().as_str(), access, RETAINING_EXCHANGE);
                 if access == Access::Write {
-                    self.may_publish = Some((generation, allowed));
+                    self.may_publish = PublishGrant::new(generation, allowed);
                 }
                 allowed
             }
@@ -947,7 +994,7 @@ impl Session {
             return Ok(());
         }
         Err(CoreError::AccessRefused(crate::core::auth::refusal(
-            &user.name,
+            user,
             vhost.name().as_str(),
             access,
             "exchange",
@@ -963,19 +1010,22 @@ impl Session {
 
     /// The journal reached `position`: acks waiting for it go out.
     pub fn set_durable(&mut self, position: LogPosition, out: &mut BytesMut) {
-        self.durable = self.durable.max(position);
-        while let Some((at, _)) = self.held_acks.front() {
-            if *at > self.durable {
+        let Some(flows) = &mut self.flows else {
+            return;
+        };
+        flows.durable = flows.durable.max(position);
+        while let Some((at, _)) = flows.held_acks.front() {
+            if *at > flows.durable {
                 break;
             }
-            let (_, packet) = self.held_acks.pop_front().expect("front exists");
-            self.write(packet, out);
+            let (_, packet) = flows.held_acks.pop_front().expect("front exists");
+            write_packet(&mut self.writer, self.peer, packet, out);
         }
     }
 
     /// Some ack waits for the journal.
     pub fn awaits_durability(&self) -> bool {
-        !self.held_acks.is_empty()
+        self.flows.as_ref().is_some_and(|f| !f.held_acks.is_empty())
     }
 
     fn binding(&self, raw: &str, sub: &Subscription) -> BindingSpec {
@@ -1117,7 +1167,11 @@ impl Session {
             )?;
         }
         vhost.bind(binding_to(name.clone(), &sub.filter.key), None)?;
-        if self.shared.contains_key(raw) {
+        if self
+            .flows
+            .as_ref()
+            .is_some_and(|f| f.shared.contains_key(raw))
+        {
             return Ok(());
         }
         let id = ConsumerId(crate::core::next_id());
@@ -1136,7 +1190,8 @@ impl Session {
                 sink: self.events.clone(),
             },
         )?;
-        self.consumers.insert(
+        let flows = self.flows();
+        flows.consumers.insert(
             id,
             ConsumerInfo {
                 queue,
@@ -1145,7 +1200,7 @@ impl Session {
                 active: true,
             },
         );
-        self.shared.insert(raw.to_owned(), id);
+        flows.shared.insert(raw.to_owned(), id);
         Ok(())
     }
 
@@ -1159,7 +1214,8 @@ impl Session {
                 continue;
             };
             if sub.filter.group.is_some() {
-                if let Some(id) = self.shared.remove(&*raw) {
+                let consumer = self.flows.as_mut().and_then(|f| f.shared.remove(&*raw));
+                if let Some(id) = consumer {
                     self.cancel_consumer(id);
                 }
             } else {
@@ -1179,7 +1235,7 @@ impl Session {
     }
 
     fn cancel_consumer(&mut self, id: ConsumerId) {
-        let Some(info) = self.consumers.get_mut(&id) else {
+        let Some(info) = self.flows.as_mut().and_then(|f| f.consumers.get_mut(&id)) else {
             return;
         };
         if !info.active {
@@ -1213,8 +1269,9 @@ impl Session {
             return;
         };
         let current = self
-            .consumers
+            .flows
             .iter()
+            .flat_map(|f| f.consumers.iter())
             .find(|(_, c)| c.active && c.shared.is_none())
             .map(|(id, c)| (*id, c.manual));
         match current {
@@ -1247,7 +1304,7 @@ impl Session {
             sink: self.events.clone(),
         };
         // Register before consuming: deliveries may arrive at once.
-        self.consumers.insert(
+        self.flows().consumers.insert(
             id,
             ConsumerInfo {
                 queue: queue.clone(),
@@ -1258,7 +1315,7 @@ impl Session {
         );
         if let Err(e) = vhost.consume(queue.name().as_str(), spec) {
             tracing::warn!(client = %self.client_id, error = %e, "consume on the session queue failed");
-            self.consumers.remove(&id);
+            self.flows().consumers.remove(&id);
         }
     }
 
@@ -1267,7 +1324,11 @@ impl Session {
         match event {
             Event::Deliver(d) => self.deliver(d, out),
             Event::ConsumerCancelled(id) => {
-                let live = self.consumers.get(&id).is_some_and(|c| c.active);
+                let live = self
+                    .flows
+                    .as_ref()
+                    .and_then(|f| f.consumers.get(&id))
+                    .is_some_and(|c| c.active);
                 if live && self.stage == Stage::Open {
                     self.fail(
                         Disconnect::new(
@@ -1279,10 +1340,10 @@ impl Session {
                 }
             }
             Event::CloseConnection(reason) => {
-                let code = if reason == TAKEN_OVER {
-                    DisconnectReasonCode::SessionTakenOver
-                } else {
-                    DisconnectReasonCode::AdministrativeAction
+                let code = match reason.as_str() {
+                    TAKEN_OVER => DisconnectReasonCode::SessionTakenOver,
+                    SHUTTING_DOWN => DisconnectReasonCode::ServerShuttingDown,
+                    _ => DisconnectReasonCode::AdministrativeAction,
                 };
                 self.fail(Disconnect::new(code, reason), out);
             }
@@ -1290,14 +1351,15 @@ impl Session {
     }
 
     fn deliver(&mut self, d: Delivery, out: &mut BytesMut) {
-        let Some(info) = self.consumers.get(&d.consumer) else {
+        let flows = self.flows();
+        let Some(info) = flows.consumers.get(&d.consumer) else {
             // Not ours: give it back.
-            self.settles.push((d.queue, d.id, Settle::Requeue));
+            flows.settles.push((d.queue, d.id, Settle::Requeue));
             return;
         };
         let manual = info.manual;
         let shared = info.shared.clone();
-        let entry = self
+        let entry = flows
             .sent
             .entry(d.consumer)
             .or_insert_with(|| (d.queue.clone(), 0));
@@ -1305,7 +1367,7 @@ impl Session {
         let settle = manual.then(|| (d.queue.clone(), d.id));
         if self.stage != Stage::Open {
             if let Some((q, id)) = settle {
-                self.settles.push((q, id, Settle::Requeue));
+                self.settle_later(q, id, Settle::Requeue);
             }
             return;
         }
@@ -1350,7 +1412,7 @@ impl Session {
                 } else {
                     Settle::Ack
                 };
-                self.settles.push((q, id, how));
+                self.settle_later(q, id, how);
             }
             return;
         };
@@ -1377,8 +1439,10 @@ impl Session {
     }
 
     fn send(&mut self, p: Pending, out: &mut BytesMut) {
-        if p.qos != QoS::AtMostOnce && (!self.window_open() || !self.held.is_empty()) {
-            self.held.push_back(p);
+        if p.qos != QoS::AtMostOnce
+            && (!self.window_open() || self.flows.as_ref().is_some_and(|f| !f.held.is_empty()))
+        {
+            self.flows().held.push_back(p);
             return;
         }
         self.write_publish(p, out);
@@ -1386,7 +1450,7 @@ impl Session {
 
     fn drain_held(&mut self, out: &mut BytesMut) {
         while self.window_open() {
-            let Some(p) = self.held.pop_front() else {
+            let Some(p) = self.flows.as_mut().and_then(|f| f.held.pop_front()) else {
                 return;
             };
             self.write_publish(p, out);
@@ -1397,7 +1461,11 @@ impl Session {
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if !self.outbound.contains_key(&id) && !self.persist().released.contains(&id) {
+            let in_use = self
+                .flows
+                .as_ref()
+                .is_some_and(|f| f.outbound.contains_key(&id));
+            if !in_use && !self.persist().released.contains(&id) {
                 return NonZeroU16::new(id).expect("ids start at 1");
             }
         }
@@ -1406,11 +1474,11 @@ impl Session {
     fn write_publish(&mut self, p: Pending, out: &mut BytesMut) {
         if properties::remaining_expiry(&p.message) == Some(0) {
             if let Some((q, id)) = p.settle {
-                self.settles.push((q, id, Settle::Ack));
+                self.settle_later(q, id, Settle::Ack);
             }
             return;
         }
-        let mqtt = self.stats.protocol(Protocol::Mqtt);
+        let mqtt = self.broker.stats.protocol(Protocol::Mqtt);
         mqtt.delivered.inc();
         if p.dup {
             mqtt.redelivered.inc();
@@ -1422,12 +1490,14 @@ impl Session {
             let mut props = properties::to_mqtt(&p.message);
             props.subscription_ids = p.sub_ids;
             if self.client_alias_max > 0 {
-                if let Some(&alias) = self.aliases_out.get(&full_topic) {
+                let client_alias_max = usize::from(self.client_alias_max);
+                let aliases = &self.flows().aliases_out;
+                if let Some(&alias) = aliases.get(&full_topic) {
                     props.topic_alias = Some(alias);
                     topic = ByteString::new();
-                } else if self.aliases_out.len() < usize::from(self.client_alias_max) {
-                    let alias = NonZeroU16::new(self.aliases_out.len() as u16 + 1)
-                        .expect("aliases start at 1");
+                } else if aliases.len() < client_alias_max {
+                    let alias =
+                        NonZeroU16::new(aliases.len() as u16 + 1).expect("aliases start at 1");
                     props.topic_alias = Some(alias);
                     new_alias = Some(alias);
                 }
@@ -1455,16 +1525,16 @@ impl Session {
             // (MQTT-3.1.2-25).
             tracing::debug!(client = %self.client_id, error = %e, "PUBLISH dropped");
             if let Some((q, id)) = p.settle {
-                self.settles.push((q, id, Settle::Ack));
+                self.settle_later(q, id, Settle::Ack);
             }
             return;
         }
         if let Some(alias) = new_alias {
-            self.aliases_out.insert(full_topic, alias);
+            self.flows().aliases_out.insert(full_topic, alias);
         }
         match packet_id {
             Some(id) => {
-                self.outbound.insert(
+                self.flows().outbound.insert(
                     id.get(),
                     Outgoing {
                         qos: p.qos,
@@ -1474,7 +1544,7 @@ impl Session {
             }
             None => {
                 if let Some((q, id)) = p.settle {
-                    self.settles.push((q, id, Settle::Ack));
+                    self.settle_later(q, id, Settle::Ack);
                 }
             }
         }
@@ -1483,30 +1553,36 @@ impl Session {
     /// Settles what this round of packets and events decided, one queue
     /// lock per queue.
     pub fn end_of_batch(&mut self) {
+        let Some(flows) = &mut self.flows else {
+            return;
+        };
         if let Some(r) = &self.registration
-            && self.consumers.len() != self.listed_consumers
+            && flows.consumers.len() != self.listed_consumers as usize
         {
-            self.listed_consumers = self.consumers.len();
+            self.listed_consumers = flows.consumers.len() as u32;
             r.set_lane(LaneInfo {
                 number: 1,
-                consumers: self.listed_consumers as u32,
+                consumers: self.listed_consumers,
                 ..LaneInfo::default()
             });
         }
-        if self.settles.is_empty() {
+        if flows.settles.is_empty() {
             return;
         }
-        let Some(vhost) = self.vhost.clone() else {
-            self.settles.clear();
+        let Some(vhost) = &self.vhost else {
+            flows.settles.clear();
             return;
         };
-        settle_grouped(&vhost, std::mem::take(&mut self.settles));
+        settle_grouped(vhost, std::mem::take(&mut flows.settles));
     }
 
     /// After the write buffer reached the socket: reopen the consumers'
     /// send windows.
     pub fn after_write(&mut self) {
-        for (consumer, (queue, n)) in self.sent.drain() {
+        let Some(flows) = &mut self.flows else {
+            return;
+        };
+        for (consumer, (queue, n)) in flows.sent.drain() {
             let after = queue.sent(consumer, n);
             if let Some(v) = &self.vhost {
                 v.settle_aftermath(&queue, after);
@@ -1526,14 +1602,19 @@ impl Session {
         // putting back what it never acknowledged. Requeueing before the
         // detach would hand those deliveries straight back to the consumer
         // being detached, and a resumed session would never see them.
-        settle_grouped(&vhost, std::mem::take(&mut self.settles));
-        self.outbound.clear();
-        self.held.clear();
-        self.after_write_with(&vhost);
-        // A consumer already cancelled (an UNSUBSCRIBE, a switch to
-        // manual acks) may still have deliveries outstanding: those too.
-        for (id, info) in self.consumers.drain() {
-            vhost.cancel_and_requeue(&info.queue, id);
+        if let Some(mut flows) = self.flows.take() {
+            settle_grouped(&vhost, std::mem::take(&mut flows.settles));
+            flows.outbound.clear();
+            flows.held.clear();
+            for (consumer, (queue, n)) in flows.sent.drain() {
+                let after = queue.sent(consumer, n);
+                vhost.settle_aftermath(&queue, after);
+            }
+            // A consumer already cancelled (an UNSUBSCRIBE, a switch to
+            // manual acks) may still have deliveries outstanding: those too.
+            for (id, info) in flows.consumers.drain() {
+                vhost.cancel_and_requeue(&info.queue, id);
+            }
         }
         let durable = self.session_expiry > 0;
         let generation = if self.holds_name {
@@ -1576,13 +1657,6 @@ impl Session {
                 .then_some(self.session_expiry),
             queue: self.queue.take().map(|q| q.name().clone()),
             vhost: Some(vhost),
-        }
-    }
-
-    fn after_write_with(&mut self, vhost: &Arc<VHost>) {
-        for (consumer, (queue, n)) in self.sent.drain() {
-            let after = queue.sent(consumer, n);
-            vhost.settle_aftermath(&queue, after);
         }
     }
 }
@@ -1670,6 +1744,19 @@ fn settle_grouped(vhost: &Arc<VHost>, settles: Vec<(Arc<Queue>, DeliveryId, Sett
     for (q, how, ids) in groups {
         let after = q.settle(&ids, how);
         vhost.settle_aftermath(&q, after);
+    }
+}
+
+fn write_packet(
+    writer: &mut Option<Writer>,
+    peer: SocketAddr,
+    packet: v5::Packet,
+    out: &mut BytesMut,
+) {
+    if let Some(w) = writer
+        && let Err(e) = w.write(packet, out)
+    {
+        tracing::debug!(%peer, error = %e, "packet not written");
     }
 }
 
@@ -1822,6 +1909,15 @@ mod tests {
                 },
             )],
         })
+    }
+
+    #[test]
+    fn a_publish_grant_holds_only_for_its_generation() {
+        assert_eq!(PublishGrant::default().at(0), None);
+        let grant = PublishGrant::new(7, true);
+        assert_eq!(grant.at(7), Some(true));
+        assert_eq!(grant.at(8), None);
+        assert_eq!(PublishGrant::new(0, false).at(0), Some(false));
     }
 
     #[tokio::test]
