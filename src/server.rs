@@ -222,6 +222,8 @@ impl Server {
         if let Some(listener) = mqtt {
             let (b, s) = (broker.clone(), shutdown.clone());
             let settings = Arc::new(mqtt_settings(config));
+            let deadlines = Arc::new(crate::mqtt::deadlines::Deadlines::default());
+            tracker.spawn(deadlines.ticker());
             tracker.spawn(crate::mqtt::connection::close_on_shutdown(
                 broker.clone(),
                 shutdown.clone(),
@@ -231,7 +233,8 @@ impl Server {
                 shutdown.clone(),
                 tracker.clone(),
                 move |socket, peer| {
-                    crate::mqtt::serve(socket, peer, b.clone(), settings.clone(), s.clone())
+                    let d = deadlines.clone();
+                    crate::mqtt::serve(socket, peer, b.clone(), settings.clone(), d, s.clone())
                 },
             ));
         }

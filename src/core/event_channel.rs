@@ -91,6 +91,15 @@ impl EventSink {
         Ok(())
     }
 
+    /// Wakes the receiver's task without an event, for it to look at
+    /// state of its own (a deadline that may have come).
+    pub fn wake(&self) {
+        let waker = self.shared.lock().waker.take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     /// The receiver is closed or gone: events sent now are refused.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
@@ -244,6 +253,28 @@ mod tests {
             .expect("the event within 10 s");
         assert_eq!(got.as_ref().map(id), Some(7));
         drop(sender.await.expect("sender task"));
+    }
+
+    #[tokio::test]
+    async fn wake_wakes_a_waiting_receiver_without_an_event() {
+        let (tx, mut rx) = channel();
+        let woken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waker = std::task::Waker::from(std::sync::Arc::new(Flag(woken.clone())));
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = Vec::new();
+        assert!(rx.poll_recv_many(&mut cx, &mut buf, 1).is_pending());
+        tx.wake();
+        assert!(woken.load(Ordering::Acquire));
+        assert!(rx.poll_recv_many(&mut cx, &mut buf, 1).is_pending());
+        assert!(buf.is_empty());
+    }
+
+    struct Flag(std::sync::Arc<AtomicBool>);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, Ordering::Release);
+        }
     }
 
     #[tokio::test]

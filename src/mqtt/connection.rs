@@ -15,10 +15,11 @@ use futures::FutureExt;
 use rmqtt_codec::v5::{self, DisconnectReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep, sleep, sleep_until};
+use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::{CancellationToken, ReusableBoxFuture, WaitForCancellationFutureOwned};
 
 use super::codec::{Decoder, Inbound};
+use super::deadlines::Deadlines;
 use super::error::Disconnect;
 use super::session::{Farewell, SHUTTING_DOWN, Session, Settings, publish_will};
 use crate::core::change::LogPosition;
@@ -46,8 +47,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Rounds of work one poll of the task does at most.
 const WAKES_PER_POLL: usize = 64;
-/// How far off "no deadline" is.
-const NO_DEADLINE: Duration = Duration::from_secs(3600);
 
 /// Waits for a watched value to change; gives the receiver back, or
 /// `None` once the sender is gone.
@@ -71,6 +70,10 @@ struct Connection<S> {
     wbuf: BytesMut,
     writing: BytesMut,
     last_read: Instant,
+    /// The clock the connection's next deadline is filed with.
+    deadlines: Arc<Deadlines>,
+    /// The tick it is filed under; 0: none.
+    timer: u32,
     /// The client sends a lot: read in `READ_CHUNK`s into `rbuf`.
     busy: bool,
     eof: bool,
@@ -105,7 +108,6 @@ struct Wake {
     alarm: Option<Option<watch::Receiver<crate::core::alarm::Alarms>>>,
     durable: Option<Option<watch::Receiver<LogPosition>>>,
     shutdown: bool,
-    timer: bool,
 }
 
 /// Serves one MQTT connection until either side closes it.
@@ -116,21 +118,31 @@ pub fn serve<S>(
     peer: SocketAddr,
     broker: Arc<Broker>,
     settings: Arc<Settings>,
+    deadlines: Arc<Deadlines>,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, events) = crate::core::event_channel::channel();
+    let session = Session::new(broker, settings.clone(), peer, tx);
+    let now = Instant::now();
+    let timer = deadlines.file(
+        now + CONNECT_TIMEOUT,
+        session.id(),
+        session.events().clone(),
+    );
     let mut c = Connection {
         stream,
         events,
         decoder: Decoder::new(settings.max_packet),
-        session: Session::new(broker, settings, peer, tx),
+        session,
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
         writing: BytesMut::new(),
-        last_read: Instant::now(),
+        last_read: now,
+        deadlines,
+        timer,
         busy: false,
         eof: false,
         held: false,
@@ -142,9 +154,8 @@ where
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn run(&mut self) {
-        let timer = sleep_until(Instant::now() + CONNECT_TIMEOUT);
-        tokio::pin!(timer);
-        poll_fn(|cx| self.poll_serve(cx, timer.as_mut())).await;
+        poll_fn(|cx| self.poll_serve(cx)).await;
+        self.unfile();
         // Ahead of the socket's shutdown, which may wait: the farewell
         // need not be kept across it.
         linger(self.session.release());
@@ -152,24 +163,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// The connection's loop, as one poll: ready when the connection is over.
-    fn poll_serve(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<()> {
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // The clock wakes the task when the filed tick comes; so does
+        // anything else, and a look at the time is cheap.
+        if self.timer != 0 && Instant::now() >= self.deadlines.at(self.timer) && !self.on_timer() {
+            return Poll::Ready(());
+        }
         // Events taken from the channel: on the stack, not in the task.
         let mut batch = Vec::new();
-        for round in 0..WAKES_PER_POLL {
+        for _ in 0..WAKES_PER_POLL {
             if !self.prepare() {
                 return Poll::Ready(());
             }
             if let Some(target) = self.deadline()
-                && target < timer.deadline()
+                && (self.timer == 0 || target < self.deadlines.at(self.timer))
             {
-                timer.as_mut().reset(target);
+                self.unfile();
+                let (id, sink) = (self.session.id(), self.session.events().clone());
+                self.timer = self.deadlines.file(target, id, sink);
             }
             let can_read = self.can_read();
-            let polled = self.poll_wake(cx, timer.as_mut(), &mut batch, can_read, round == 0);
-            let Poll::Ready(wake) = polled else {
+            let Poll::Ready(wake) = self.poll_wake(cx, &mut batch, can_read) else {
                 return Poll::Pending;
             };
-            if !self.handle(wake, &mut batch, timer.as_mut()) {
+            if !self.handle(wake, &mut batch) {
                 return Poll::Ready(());
             }
         }
@@ -226,22 +243,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         !self.eof && !self.held && !self.session.is_done() && self.wbuf.len() < WRITE_HIGH_WATER
     }
 
-    /// When the timer should fire; `None`: where it was set first (the
-    /// CONNECT timeout). It is only ever moved earlier here, later when it
-    /// fires early.
+    /// When the timer should fire; `None`: where it is (the CONNECT
+    /// timeout, filed at the start), or nowhere. It is only ever moved
+    /// earlier here, later once its tick has come.
     fn deadline(&self) -> Option<Instant> {
         let keep_alive = self.session.keep_alive();
         if self.session.is_done() {
             // Counted from the first look, as the timer only moves earlier.
             Some(Instant::now() + CLOSE_GRACE)
-        } else if !self.session.is_open() {
-            None
-        } else if keep_alive > 0 && !self.held {
+        } else if self.session.is_open() && keep_alive > 0 && !self.held {
             // MQTT-3.1.2-24: one and a half keepalives without a packet.
             Some(self.last_read + Duration::from_millis(u64::from(keep_alive) * 1500))
         } else {
-            Some(Instant::now() + NO_DEADLINE)
+            None
         }
+    }
+
+    fn unfile(&mut self) {
+        if self.timer != 0 {
+            self.deadlines.unfile(self.timer, self.session.id());
+            self.timer = 0;
+        }
+    }
+
+    /// The filed tick has come; false when the connection is over.
+    fn on_timer(&mut self) -> bool {
+        // Taken off the clock already, unless the clock is a little behind.
+        self.unfile();
+        let peer = self.session.peer();
+        if self.session.is_done() {
+            // Its last packets have had their time to go out.
+            return false;
+        }
+        if !self.session.is_open() {
+            tracing::info!(%peer, "no CONNECT in time");
+            return false;
+        }
+        if let Some(target) = self.deadline()
+            && Instant::now() >= target
+        {
+            tracing::info!(%peer, client = self.session.client_id(), "keepalive expired");
+            self.session.fail(
+                Disconnect::new(DisconnectReasonCode::KeepAliveTimeout, "keepalive expired"),
+                &mut self.wbuf,
+            );
+        }
+        // Filed again, at the deadline now in force, by the next round.
+        true
     }
 
     fn shutting_down(&mut self) {
@@ -307,10 +355,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn poll_wake(
         &mut self,
         cx: &mut Context<'_>,
-        timer: Pin<&mut Sleep>,
         batch: &mut Vec<Event>,
         can_read: bool,
-        first: bool,
     ) -> Poll<Wake> {
         let mut w = Wake::default();
         if !self.writing.is_empty() {
@@ -355,16 +401,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             || w.alarm.is_some()
             || w.durable.is_some()
             || w.shutdown;
-        // The timer is looked at in a task's first round and whenever
-        // nothing else is ready, which is before every wait.
-        if (first || !busy) && timer.poll(cx).is_ready() {
-            w.timer = true;
-        }
-        if busy || w.timer {
-            Poll::Ready(w)
-        } else {
-            Poll::Pending
-        }
+        if busy { Poll::Ready(w) } else { Poll::Pending }
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Option<io::Result<usize>> {
@@ -389,8 +426,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Acts on what a wake-up found; false when the connection is over.
-    fn handle(&mut self, w: Wake, batch: &mut Vec<Event>, timer: Pin<&mut Sleep>) -> bool {
-        let was_done = self.session.is_done();
+    fn handle(&mut self, w: Wake, batch: &mut Vec<Event>) -> bool {
         if let Some(r) = w.wrote {
             match r {
                 Ok(0) | Err(_) => return false,
@@ -452,34 +488,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             }
         }
-        if w.timer {
-            let peer = self.session.peer();
-            if was_done {
-                // Its last packets have had their time to go out.
-                return false;
-            }
-            if !self.session.is_open() && !self.session.is_done() {
-                tracing::info!(%peer, "no CONNECT in time");
-                return false;
-            }
-            let Some(target) = self.deadline() else {
-                return true;
-            };
-            if self.session.is_open()
-                && self.session.keep_alive() > 0
-                && !self.held
-                && Instant::now() >= target
-            {
-                tracing::info!(%peer, client = self.session.client_id(), "keepalive expired");
-                self.session.fail(
-                    Disconnect::new(DisconnectReasonCode::KeepAliveTimeout, "keepalive expired"),
-                    &mut self.wbuf,
-                );
-            } else {
-                timer.reset(target);
-            }
-        }
         true
+    }
+}
+
+impl<S> Drop for Connection<S> {
+    fn drop(&mut self) {
+        // Also when the task is dropped unfinished (the runtime stopping).
+        if self.timer != 0 {
+            self.deadlines.unfile(self.timer, self.session.id());
+        }
     }
 }
 
@@ -560,4 +578,87 @@ fn linger(f: Farewell) {
             super::durable::expire(&vhost, &client_id, generation, queue.as_ref());
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Limits, NoLog, User, Users};
+    use tokio::io::DuplexStream;
+    use tokio::task::JoinHandle;
+
+    fn broker() -> Arc<Broker> {
+        Broker::new(
+            &["/"],
+            Users::new([User {
+                name: "guest".into(),
+                password: "guest".into(),
+                tags: vec![],
+                loopback_only: true,
+                vhosts: vec![],
+            }]),
+            Limits::default(),
+            Arc::new(NoLog),
+        )
+    }
+
+    /// A connection served over an in-memory pipe, with its clock ticking.
+    fn start() -> (DuplexStream, JoinHandle<()>) {
+        let (client, server) = tokio::io::duplex(4096);
+        let deadlines = Arc::new(Deadlines::default());
+        tokio::spawn(deadlines.ticker());
+        let task = tokio::spawn(serve(
+            server,
+            "127.0.0.1:5000".parse().expect("address"),
+            broker(),
+            Arc::new(Settings::default()),
+            deadlines,
+            CancellationToken::new(),
+        ));
+        (client, task)
+    }
+
+    /// Reads until the broker closes; returns how long that took.
+    async fn until_closed(client: &mut DuplexStream) -> Duration {
+        let start = Instant::now();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.expect("read");
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_sends_connect_is_closed_after_the_connect_timeout() {
+        let (mut client, task) = start();
+        client.write_all(&[0x10]).await.expect("write");
+        let waited = until_closed(&mut client).await;
+        assert!(
+            waited >= CONNECT_TIMEOUT && waited <= CONNECT_TIMEOUT + Duration::from_secs(1),
+            "closed after {waited:?}"
+        );
+        task.await.expect("no panic");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keepalive_is_enforced_at_one_and_a_half_times_and_pings_move_it() {
+        let (mut client, task) = start();
+        // 3.1.1 CONNECT, clean session, keepalive 4 s.
+        let connect = b"\x10\x10\x00\x04MQTT\x04\x02\x00\x04\x00\x04ping".to_vec();
+        client.write_all(&connect).await.expect("write");
+        let mut ack = [0u8; 4];
+        client.read_exact(&mut ack).await.expect("CONNACK");
+        assert_eq!(ack, [0x20, 2, 0, 0]);
+        // Pings every 5 s keep it open past the first deadline (6 s).
+        for _ in 0..3 {
+            sleep(Duration::from_secs(5)).await;
+            client.write_all(&[0xc0, 0]).await.expect("PINGREQ");
+            client.read_exact(&mut ack[..2]).await.expect("PINGRESP");
+            assert_eq!(ack[..2], [0xd0, 0]);
+        }
+        let waited = until_closed(&mut client).await;
+        assert!(
+            waited >= Duration::from_secs(6) && waited <= Duration::from_secs(7),
+            "closed after {waited:?}"
+        );
+        task.await.expect("no panic");
+    }
 }

@@ -46,6 +46,7 @@
 
 pub mod codec;
 pub mod connection;
+pub mod deadlines;
 pub mod durable;
 pub mod error;
 pub mod properties;

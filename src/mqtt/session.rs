@@ -300,6 +300,14 @@ impl Session {
     pub fn client_id(&self) -> &str {
         &self.client_id
     }
+    /// The connection's id in the broker.
+    pub fn id(&self) -> ConnectionId {
+        self.conn_id
+    }
+    /// The connection's own event sink, to be woken through.
+    pub fn events(&self) -> &EventSink {
+        &self.events
+    }
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer
