@@ -7,10 +7,11 @@
 //! flight) lives in `Persistent`, shared through the vhost's session
 //! registry so the next connection with the same client id resumes it.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use bytes::BytesMut;
 use bytestring::ByteString;
@@ -30,11 +31,18 @@ use crate::core::exchange::{BindingSpec, Destination};
 use crate::core::names::IdMap;
 use crate::core::queue::{ConsumerSpec, Queue, QueueSpec};
 use crate::core::retained::RETAINING_EXCHANGE;
+use crate::core::sessions::SessionState;
 use crate::core::{
     Access, AuthError, Broker, ConnectionId, ConnectionInfo, ConsumerId, ConsumerTag, CoreError,
     Delivery, DeliveryId, Event, EventSink, ExchangeName, Headers, LaneInfo, Message, Protocol,
     QueueName, Registration, RoutingKey, Settle, User, VHost, Value,
 };
+
+/// The registry's state for every clean session: one shared marker, as
+/// there is nothing to resume.
+struct Clean;
+
+static CLEAN: LazyLock<SessionState> = LazyLock::new(|| Arc::new(Clean));
 
 /// The reason given to a connection whose client id another one claimed.
 pub const TAKEN_OVER: &str = "session taken over";
@@ -206,7 +214,10 @@ pub struct Session {
     vhost: Option<Arc<VHost>>,
     keep_alive: u16,
     session_expiry: u32,
-    state: Arc<Mutex<Persistent>>,
+    /// Shared with the session registry for a session that outlives its
+    /// connection; a clean session's is its own, made at its first use,
+    /// so an idle one has none.
+    state: OnceCell<Arc<Mutex<Persistent>>>,
     holds_name: bool,
     will: Option<Will>,
     /// A DISCONNECT with reason 0 arrived: no will.
@@ -266,7 +277,7 @@ impl Session {
             vhost: None,
             keep_alive: 0,
             session_expiry: 0,
-            state: Arc::new(Mutex::new(Persistent::default())),
+            state: OnceCell::new(),
             holds_name: false,
             will: None,
             clean_disconnect: false,
@@ -322,7 +333,8 @@ impl Session {
     }
     /// QoS 1/2 PUBLISHes in flight to the client.
     pub fn in_flight(&self) -> usize {
-        self.flows.as_ref().map_or(0, |f| f.outbound.len()) + self.persist().released.len()
+        self.flows.as_ref().map_or(0, |f| f.outbound.len())
+            + self.persisted().map_or(0, |st| st.released.len())
     }
 
     fn flows(&mut self) -> &mut Flows {
@@ -334,7 +346,17 @@ impl Session {
     }
 
     fn persist(&self) -> MutexGuard<'_, Persistent> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .get_or_init(Arc::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The persistent state if there is any yet, for a look that should
+    /// not make it.
+    fn persisted(&self) -> Option<MutexGuard<'_, Persistent>> {
+        let state = self.state.get()?;
+        Some(state.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn v5(&self) -> bool {
@@ -526,21 +548,35 @@ impl Session {
         self.session_expiry = c.session_expiry_interval_secs;
         let durable = self.session_expiry > 0;
 
-        let claim = vhost.sessions().claim(
+        let fresh = || -> SessionState {
+            if durable {
+                Arc::new(Mutex::new(Persistent::default()))
+            } else {
+                // Nobody can resume it, so the registry need not share it.
+                CLEAN.clone()
+            }
+        };
+        let sessions = vhost.sessions();
+        let mut claim = sessions.claim(
             &self.client_id,
             self.conn_id,
             self.events.clone(),
             !c.clean_start,
             TAKEN_OVER,
-            || Arc::new(Mutex::new(Persistent::default())),
+            fresh,
         );
+        if claim.resumed && durable && claim.state.is::<Clean>() {
+            // A clean session held the name: nothing to resume, and the
+            // registry must hold this one's state for the next claim.
+            let (id, sink) = (self.conn_id, self.events.clone());
+            claim = sessions.claim(&self.client_id, id, sink, false, TAKEN_OVER, fresh);
+        }
         let state = match claim.state.downcast::<Mutex<Persistent>>() {
-            Ok(s) => s,
-            Err(other) => super::durable::resume(&vhost, &self.client_id, &other)
-                .unwrap_or_else(|| Arc::new(Mutex::new(Persistent::default()))),
+            Ok(s) => Some(s),
+            Err(other) => super::durable::resume(&vhost, &self.client_id, &other),
         };
-        let mut session_present = claim.resumed;
-        {
+        let mut session_present = claim.resumed && state.is_some();
+        if let Some(state) = &state {
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
             if session_present && !st.durable {
                 // The previous holder's session ended with its connection.
@@ -549,7 +585,10 @@ impl Session {
             }
             st.durable = durable;
         }
-        self.state = state;
+        self.state = OnceCell::new();
+        if let Some(state) = state {
+            let _ = self.state.set(state);
+        }
         self.holds_name = true;
         if !session_present && !c.clean_start && durable {
             // The registry forgot the session (a restart) but its queue
@@ -572,9 +611,9 @@ impl Session {
                 return Ok(());
             }
         }
-        if !session_present {
+        if !session_present && let Some(mut st) = self.persisted() {
             // The bindings of a queue that outlived its session state.
-            self.persist().subscriptions.clear();
+            st.subscriptions.clear();
         }
         super::durable::connected(
             &vhost,
@@ -603,19 +642,25 @@ impl Session {
         tracing::debug!(peer = %self.peer, client = %self.client_id, ?version, session_present, "MQTT client connected");
 
         // Finish what the last connection left half done.
-        let released: Vec<u16> = self.persist().released.iter().copied().collect();
+        let released: Vec<u16> = self
+            .persisted()
+            .map(|st| st.released.iter().copied().collect())
+            .unwrap_or_default();
         for id in released {
             if let Some(packet_id) = NonZeroU16::new(id) {
                 self.write(v5::Packet::PublishRelease(ack2(packet_id)), out);
             }
         }
         let shared: Vec<(String, Subscription)> = self
-            .persist()
-            .subscriptions
-            .iter()
-            .filter(|(_, s)| s.filter.group.is_some())
-            .map(|(k, s)| (k.clone(), s.clone()))
-            .collect();
+            .persisted()
+            .map(|st| {
+                st.subscriptions
+                    .iter()
+                    .filter(|(_, s)| s.filter.group.is_some())
+                    .map(|(k, s)| (k.clone(), s.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         for (raw, sub) in shared {
             if let Err(e) = self.join_share(&raw, &sub) {
                 tracing::warn!(client = %self.client_id, filter = %raw, error = %e, "shared subscription not resumed");
@@ -824,7 +869,9 @@ impl Session {
                 ));
             }
             self.session_expiry = expiry;
-            self.persist().durable = expiry > 0;
+            if let Some(mut st) = self.persisted() {
+                st.durable = expiry > 0;
+            }
         }
         self.clean_disconnect = d.reason_code != DisconnectReasonCode::DisconnectWithWillMessage;
         self.stage = Stage::Done;
@@ -1260,10 +1307,10 @@ impl Session {
     /// manual-ack when any grants QoS 1 or 2, auto-ack when all are QoS 0.
     fn sync_consumer(&mut self) {
         let (want, any) = {
-            let st = self.persist();
+            let st = self.persisted();
             let own = st
-                .subscriptions
-                .values()
+                .iter()
+                .flat_map(|st| st.subscriptions.values())
                 .filter(|s| s.filter.group.is_none());
             let mut any = false;
             let mut manual = false;
@@ -2272,6 +2319,35 @@ mod tests {
                 if a.session_present && p.dup && &p.payload[..] == b"unacked"),
             "the delivery comes again, marked DUP: {got:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_clean_session_has_no_state_until_it_subscribes_and_a_durable_one_can_take_over_its_name()
+     {
+        let b = broker();
+        let vhost = b.vhost("/").expect("vhost");
+        let mut clean = Peer::new(&b, Settings::default());
+        clean.connect("c20", |_| {});
+        assert!(clean.session.state.get().is_none());
+        assert!(vhost.sessions().contains("c20"));
+        clean.send(subscribe(1, "s/1", QoS::AtMostOnce));
+        clean.received();
+        assert!(clean.session.state.get().is_some());
+        let durable = |c: &mut v5::Connect| {
+            c.clean_start = false;
+            c.session_expiry_interval_secs = 60;
+        };
+        let mut taker = Peer::new(&b, Settings::default());
+        let ack = taker.connect("c20", durable);
+        assert!(!ack.session_present, "a clean session is not resumed");
+        taker.send(subscribe(1, "s/2", QoS::AtLeastOnce));
+        taker.received();
+        drop(clean.session.release());
+        drop(taker.session.release());
+        let mut again = Peer::new(&b, Settings::default());
+        assert!(again.connect("c20", durable).session_present);
+        let st = again.session.persisted().expect("resumed state");
+        assert_eq!(st.subscriptions.keys().collect::<Vec<_>>(), ["s/2"]);
     }
 
     #[tokio::test]
