@@ -85,11 +85,55 @@ pub struct LaneInfo {
 struct Entry {
     info: ConnectionInfo,
     sink: EventSink,
-    /// By number. A Vec: most connections have one lane, which a BTreeMap
-    /// would keep in a 232-byte node.
-    lanes: Mutex<Vec<LaneInfo>>,
+    lanes: Mutex<Lanes>,
     received: Count,
     sent: Count,
+}
+
+/// A connection's lanes, by number. Most connections have one, kept in
+/// place: a Vec of one is an allocation per connection, and a BTreeMap
+/// a 232-byte node.
+#[derive(Debug)]
+enum Lanes {
+    One(LaneInfo),
+    Many(Vec<LaneInfo>),
+}
+
+impl Lanes {
+    fn as_slice(&self) -> &[LaneInfo] {
+        match self {
+            Lanes::One(lane) => std::slice::from_ref(lane),
+            Lanes::Many(lanes) => lanes,
+        }
+    }
+
+    fn set(&mut self, lane: LaneInfo) {
+        match self {
+            Lanes::One(one) if one.number == lane.number => *one = lane,
+            Lanes::One(one) => {
+                let mut lanes = vec![one.clone(), lane];
+                lanes.sort_by_key(|l| l.number);
+                *self = Lanes::Many(lanes);
+            }
+            Lanes::Many(lanes) if lanes.is_empty() => *self = Lanes::One(lane),
+            Lanes::Many(lanes) => match lanes.binary_search_by_key(&lane.number, |l| l.number) {
+                Ok(i) => lanes[i] = lane,
+                Err(i) => lanes.insert(i, lane),
+            },
+        }
+    }
+
+    fn remove(&mut self, number: u32) {
+        match self {
+            Lanes::One(one) if one.number == number => *self = Lanes::Many(Vec::new()),
+            Lanes::One(_) => {}
+            Lanes::Many(lanes) => {
+                if let Ok(i) = lanes.binary_search_by_key(&number, |l| l.number) {
+                    lanes.remove(i);
+                }
+            }
+        }
+    }
 }
 
 /// A copy of one entry, for listings.
@@ -127,7 +171,7 @@ impl Connections {
         let entry = Arc::new(Entry {
             info,
             sink,
-            lanes: Mutex::new(Vec::new()),
+            lanes: Mutex::new(Lanes::Many(Vec::new())),
             received: Count::default(),
             sent: Count::default(),
         });
@@ -168,7 +212,12 @@ impl Connections {
             .iter()
             .map(|e| ConnectionSnapshot {
                 info: e.info.clone(),
-                lanes: e.lanes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                lanes: e
+                    .lanes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_slice()
+                    .to_vec(),
                 received_bytes: e.received.get(),
                 sent_bytes: e.sent.get(),
             })
@@ -230,24 +279,13 @@ impl Registration {
     /// Records a lane's current state (opened or changed).
     pub fn set_lane(&self, lane: LaneInfo) {
         let mut lanes = self.entry.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        match lanes.binary_search_by_key(&lane.number, |l| l.number) {
-            Ok(i) => lanes[i] = lane,
-            Err(i) => {
-                if lanes.capacity() == 0 {
-                    // Room for one, not the four a first push makes.
-                    lanes.reserve_exact(1);
-                }
-                lanes.insert(i, lane);
-            }
-        }
+        lanes.set(lane);
     }
 
     /// Forgets a closed lane.
     pub fn remove_lane(&self, number: u32) {
         let mut lanes = self.entry.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Ok(i) = lanes.binary_search_by_key(&number, |l| l.number) {
-            lanes.remove(i);
-        }
+        lanes.remove(number);
     }
 
     /// Counts bytes read from the client.
@@ -306,6 +344,7 @@ mod tests {
             ..Default::default()
         });
         reg.remove_lane(3);
+        reg.remove_lane(7);
         let listed = registry.list();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].lanes[0].consumers, 2);
@@ -316,6 +355,25 @@ mod tests {
         assert!(matches!(rx.try_recv(), Ok(Event::CloseConnection(r)) if r == "bye"));
         drop(reg);
         assert!(registry.list().is_empty());
+        let (tx, _rx) = crate::core::event_channel::channel();
+        let one = registry.register_single_lane(info(2), tx);
+        one.set_lane(LaneInfo {
+            number: 1,
+            consumers: 1,
+            ..Default::default()
+        });
+        assert_eq!(registry.list()[0].lanes.len(), 1);
+        assert_eq!(registry.list()[0].lanes[0].consumers, 1);
+        one.remove_lane(1);
+        assert!(registry.list()[0].lanes.is_empty());
+        one.set_lane(LaneInfo::default());
+        one.set_lane(LaneInfo {
+            number: 2,
+            ..Default::default()
+        });
+        one.remove_lane(0);
+        let numbers: Vec<u32> = registry.list()[0].lanes.iter().map(|l| l.number).collect();
+        assert_eq!(numbers, [2]);
         assert!(!registry.close(ConnectionId(1), "bye"));
     }
 }
