@@ -57,10 +57,12 @@ pub struct ConnectionInfo {
     /// The vhost it uses.
     pub vhost: VHostName,
     /// A name the client gave itself, if any (AMQP `connection_name`,
-    /// MQTT client id, STOMP `client-id`).
-    pub client_name: Option<String>,
-    /// The client library, if it said (AMQP `product`).
-    pub client_product: Option<String>,
+    /// MQTT client id, STOMP `client-id`). Shared: MQTT's session keeps
+    /// the same client id, and an idle connection need not copy it.
+    pub client_name: Option<Arc<str>>,
+    /// The client library, if it said (AMQP `product`). A `Box<str>`:
+    /// 8 bytes fewer in every entry, and only AMQP clients say.
+    pub client_product: Option<Box<str>>,
     /// When it connected, milliseconds since the Unix epoch.
     pub connected_at_ms: u64,
 }

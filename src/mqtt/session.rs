@@ -683,7 +683,7 @@ impl Session {
                 peer: self.peer,
                 user,
                 vhost: vhost.name().clone(),
-                client_name: Some(self.client_id.to_string()),
+                client_name: Some(self.client_id.clone()),
                 client_product: None,
                 connected_at_ms: crate::core::connections::now_ms(),
             },

@@ -440,7 +440,7 @@ impl Session {
                 peer: self.peer,
                 user: user.name.clone(),
                 vhost: vhost.name().clone(),
-                client_name: client_id.or(host).map(str::to_owned),
+                client_name: client_id.or(host).map(Arc::from),
                 client_product: None,
                 connected_at_ms: crate::core::connections::now_ms(),
             },
