@@ -66,9 +66,7 @@ struct Connection<S> {
     events: EventStream,
     decoder: Decoder,
     session: Session,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
-    writing: BytesMut,
+    bufs: Buffers,
     last_read: Instant,
     /// The clock the connection's next deadline is filed with.
     deadlines: Arc<Deadlines>,
@@ -86,6 +84,43 @@ struct Connection<S> {
     before_connect: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     /// Made the first time a PUBLISH is held or an ack waits for the journal.
     waits: Option<Box<Waits>>,
+}
+
+/// The read buffer, the buffer packets are written into, and the bytes
+/// being written to the socket: boxed, and there only while one of them
+/// holds bytes or room. Three empty `BytesMut` in the task would cost
+/// every idle connection 96 bytes, and a larger task cell.
+#[derive(Default)]
+struct Buffers(Option<Box<Io>>);
+
+#[derive(Default)]
+struct Io {
+    read: BytesMut,
+    write: BytesMut,
+    writing: BytesMut,
+}
+
+impl Buffers {
+    fn get(&mut self) -> &mut Io {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    fn read_is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|b| b.read.is_empty())
+    }
+
+    fn write_len(&self) -> usize {
+        self.0.as_ref().map_or(0, |b| b.write.len())
+    }
+
+    /// Lets the box go once nothing in it holds memory.
+    fn release_if_empty(&mut self) {
+        if self.0.as_ref().is_some_and(|b| {
+            b.read.capacity() == 0 && b.write.capacity() == 0 && b.writing.capacity() == 0
+        }) {
+            self.0 = None;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -137,9 +172,7 @@ where
         events,
         decoder: Decoder::new(settings.max_packet),
         session,
-        rbuf: BytesMut::new(),
-        wbuf: BytesMut::new(),
-        writing: BytesMut::new(),
+        bufs: Buffers::default(),
         last_read: now,
         deadlines,
         timer,
@@ -217,30 +250,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         {
             self.wait_for_journal();
         }
-        if self.writing.is_empty() && !self.wbuf.is_empty() {
-            std::mem::swap(&mut self.writing, &mut self.wbuf);
+        let b = self.bufs.get();
+        if b.writing.is_empty() && !b.write.is_empty() {
+            std::mem::swap(&mut b.writing, &mut b.write);
             self.session.after_write();
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_BUFFER {
-            self.wbuf = BytesMut::new();
+        if b.write.is_empty() && b.write.capacity() > IDLE_BUFFER {
+            b.write = BytesMut::new();
         }
-        if self.rbuf.is_empty() && (self.rbuf.capacity() > IDLE_BUFFER || !self.busy) {
-            self.rbuf = BytesMut::new();
+        if b.read.is_empty() && (b.read.capacity() > IDLE_BUFFER || !self.busy) {
+            b.read = BytesMut::new();
         }
-        if (self.session.is_done() || self.eof) && self.writing.is_empty() {
+        if (self.session.is_done() || self.eof) && b.writing.is_empty() {
             return false;
         }
+        let can_read = self.can_read();
+        let b = self.bufs.get();
         let read_size = if self.busy { READ_CHUNK } else { READ_SMALL };
         // An idle client's small reads go through the stack instead.
-        let into_rbuf = self.busy || !self.rbuf.is_empty();
-        if into_rbuf && self.can_read() && self.rbuf.capacity() - self.rbuf.len() < read_size / 2 {
-            self.rbuf.reserve(read_size);
+        let into_rbuf = self.busy || !b.read.is_empty();
+        if into_rbuf && can_read && b.read.capacity() - b.read.len() < read_size / 2 {
+            b.read.reserve(read_size);
         }
+        self.bufs.release_if_empty();
         true
     }
 
     fn can_read(&self) -> bool {
-        !self.eof && !self.held && !self.session.is_done() && self.wbuf.len() < WRITE_HIGH_WATER
+        !self.eof
+            && !self.held
+            && !self.session.is_done()
+            && self.bufs.write_len() < WRITE_HIGH_WATER
     }
 
     /// When the timer should fire; `None`: where it is (the CONNECT
@@ -285,7 +325,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             tracing::info!(%peer, client = self.session.client_id(), "keepalive expired");
             self.session.fail(
                 Disconnect::new(DisconnectReasonCode::KeepAliveTimeout, "keepalive expired"),
-                &mut self.wbuf,
+                &mut self.bufs.get().write,
             );
         }
         // Filed again, at the deadline now in force, by the next round.
@@ -295,7 +335,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn shutting_down(&mut self) {
         self.session.fail(
             Disconnect::new(DisconnectReasonCode::ServerShuttingDown, SHUTTING_DOWN),
-            &mut self.wbuf,
+            &mut self.bufs.get().write,
         );
     }
 
@@ -319,11 +359,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn release_held(&mut self) {
         // Packets that came in behind the held PUBLISH go first.
         self.last_read = Instant::now();
+        let b = self.bufs.get();
         self.held = decode_input(
             &mut self.decoder,
-            &mut self.rbuf,
+            &mut b.read,
             &mut self.session,
-            &mut self.wbuf,
+            &mut b.write,
         );
     }
 
@@ -335,7 +376,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return;
         };
         let at = *rx.borrow_and_update();
-        self.session.set_durable(at, &mut self.wbuf);
+        self.session.set_durable(at, &mut self.bufs.get().write);
         self.await_journal(rx);
     }
 
@@ -359,10 +400,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         can_read: bool,
     ) -> Poll<Wake> {
         let mut w = Wake::default();
-        if !self.writing.is_empty() {
+        if let Some(b) = &mut self.bufs.0
+            && !b.writing.is_empty()
+        {
             // The futures of `write_buf` and `read_buf` keep nothing
             // between polls: the socket remembers who waits.
-            let write = self.stream.write_buf(&mut self.writing);
+            let write = self.stream.write_buf(&mut b.writing);
             if let Poll::Ready(r) = std::pin::pin!(write).poll(cx) {
                 w.wrote = Some(r);
             }
@@ -405,20 +448,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Option<io::Result<usize>> {
-        if self.rbuf.is_empty() && !self.busy {
+        if self.bufs.read_is_empty() && !self.busy {
             let stream = Pin::new(&mut self.stream);
             let mut small = [0u8; READ_SMALL];
             let mut buf = ReadBuf::new(&mut small);
             return match stream.poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) => {
-                    self.rbuf.extend_from_slice(buf.filled());
+                    self.bufs.get().read.extend_from_slice(buf.filled());
                     Some(Ok(buf.filled().len()))
                 }
                 Poll::Ready(Err(e)) => Some(Err(e)),
                 Poll::Pending => None,
             };
         }
-        let read = self.stream.read_buf(&mut self.rbuf);
+        let read = self.stream.read_buf(&mut self.bufs.get().read);
         match std::pin::pin!(read).poll(cx) {
             Poll::Ready(r) => Some(r),
             Poll::Pending => None,
@@ -432,8 +475,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Ok(0) | Err(_) => return false,
                 Ok(n) => self.session.sent(n),
             }
-            if self.writing.is_empty() {
-                self.writing = BytesMut::new();
+            let b = self.bufs.get();
+            if b.writing.is_empty() {
+                b.writing = BytesMut::new();
             }
         }
         if w.shutdown && !self.session.is_done() {
@@ -457,7 +501,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             match r {
                 Some(mut rx) => {
                     let at = *rx.borrow_and_update();
-                    self.session.set_durable(at, &mut self.wbuf);
+                    self.session.set_durable(at, &mut self.bufs.get().write);
                     self.await_journal(rx);
                 }
                 None => self.waits.get_or_insert_with(Box::default).journal_gone = true,
@@ -468,7 +512,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 return false;
             }
             for event in batch.drain(..) {
-                self.session.on_event(event, &mut self.wbuf);
+                self.session.on_event(event, &mut self.bufs.get().write);
             }
             self.session.end_of_batch();
         }
@@ -479,11 +523,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.session.received(n);
                     self.busy = n >= READ_SMALL / 2;
                     self.last_read = Instant::now();
+                    let b = self.bufs.get();
                     self.held = decode_input(
                         &mut self.decoder,
-                        &mut self.rbuf,
+                        &mut b.read,
                         &mut self.session,
-                        &mut self.wbuf,
+                        &mut b.write,
                     );
                 }
             }
