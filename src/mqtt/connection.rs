@@ -56,6 +56,14 @@ async fn changed<T: Send + Sync>(mut rx: watch::Receiver<T>) -> Option<watch::Re
     rx.changed().await.ok().map(|()| rx)
 }
 
+/// Points `slot` at a wait for `rx`'s next change, reusing its box.
+fn arm<T: Send + Sync + 'static>(slot: &mut Option<Change<T>>, rx: watch::Receiver<T>) {
+    match slot {
+        Some(f) => f.set(changed(rx)),
+        None => *slot = Some(ReusableBoxFuture::new(changed(rx))),
+    }
+}
+
 /// Everything one connection's task holds while it waits. Kept small:
 /// an idle connection costs what this costs. The waits for a resource
 /// alarm to clear and for the journal are boxed and made only while
@@ -344,20 +352,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let rx = self.session.broker().alarms.watch();
         if !rx.borrow().any() {
             // Cleared before we looked.
-            self.release_held();
+            self.take_input();
             return;
         }
         let waits = self.waits.get_or_insert_with(Box::default);
-        match &mut waits.alarm {
-            Some(f) => f.set(changed(rx)),
-            None => waits.alarm = Some(ReusableBoxFuture::new(changed(rx))),
-        }
+        arm(&mut waits.alarm, rx);
         waits.alarm_waiting = true;
     }
 
-    /// Goes on reading once the alarms have cleared.
-    fn release_held(&mut self) {
-        // Packets that came in behind the held PUBLISH go first.
+    /// Handles the packets waiting in the read buffer: after a read, or
+    /// once the alarm that held a PUBLISH clears (the packets that came in
+    /// behind it go first).
+    fn take_input(&mut self) {
         self.last_read = Instant::now();
         let b = self.bufs.get();
         self.held = decode_input(
@@ -385,10 +391,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return;
         }
         let waits = self.waits.get_or_insert_with(Box::default);
-        match &mut waits.durable {
-            Some(f) => f.set(changed(rx)),
-            None => waits.durable = Some(ReusableBoxFuture::new(changed(rx))),
-        }
+        arm(&mut waits.durable, rx);
         waits.durable_waiting = true;
     }
 
@@ -494,7 +497,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                 }
                 // Cleared, or the broker is going away.
-                _ => self.release_held(),
+                _ => self.take_input(),
             }
         }
         if let Some(r) = w.durable {
@@ -522,14 +525,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Ok(n) => {
                     self.session.received(n);
                     self.busy = n >= READ_SMALL / 2;
-                    self.last_read = Instant::now();
-                    let b = self.bufs.get();
-                    self.held = decode_input(
-                        &mut self.decoder,
-                        &mut b.read,
-                        &mut self.session,
-                        &mut b.write,
-                    );
+                    self.take_input();
                 }
             }
         }
@@ -628,24 +624,9 @@ fn linger(f: Farewell) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{Limits, NoLog, User, Users};
+    use crate::mqtt::session::tests::broker;
     use tokio::io::DuplexStream;
     use tokio::task::JoinHandle;
-
-    fn broker() -> Arc<Broker> {
-        Broker::new(
-            &["/"],
-            Users::new([User {
-                name: "guest".into(),
-                password: "guest".into(),
-                tags: vec![],
-                loopback_only: true,
-                vhosts: vec![],
-            }]),
-            Limits::default(),
-            Arc::new(NoLog),
-        )
-    }
 
     /// A connection served over an in-memory pipe, with its clock ticking.
     fn start() -> (DuplexStream, JoinHandle<()>) {

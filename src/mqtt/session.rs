@@ -341,6 +341,15 @@ impl Session {
         self.flows.get_or_insert_with(Box::default)
     }
 
+    /// Counts a delivery the client acknowledged (PUBACK or PUBREC).
+    fn count_acknowledged(&self) {
+        self.broker
+            .stats
+            .protocol(Protocol::Mqtt)
+            .acknowledged
+            .inc();
+    }
+
     fn settle_later(&mut self, queue: Arc<Queue>, id: DeliveryId, how: Settle) {
         self.flows().settles.push((queue, id, how));
     }
@@ -786,11 +795,7 @@ impl Session {
                     .as_mut()
                     .and_then(|f| f.outbound.remove(&a.packet_id.get()));
                 if let Some(o) = acked {
-                    self.broker
-                        .stats
-                        .protocol(Protocol::Mqtt)
-                        .acknowledged
-                        .inc();
+                    self.count_acknowledged();
                     if let Some((q, id)) = o.settle {
                         self.settle_later(q, id, Settle::Ack);
                     }
@@ -802,11 +807,7 @@ impl Session {
                 let id = a.packet_id.get();
                 let received = self.flows.as_mut().and_then(|f| f.outbound.remove(&id));
                 if let Some(o) = received {
-                    self.broker
-                        .stats
-                        .protocol(Protocol::Mqtt)
-                        .acknowledged
-                        .inc();
+                    self.count_acknowledged();
                     if let Some((q, did)) = o.settle {
                         self.settle_later(q, did, Settle::Ack);
                     }
@@ -1849,12 +1850,13 @@ pub fn publish_will(vhost: &VHost, will: &Will) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::core::{Limits, NoLog, Users};
     use tokio_util::codec::Decoder as _;
 
-    fn broker() -> Arc<Broker> {
+    /// A broker with vhost "/" and guest, journalling nothing.
+    pub(crate) fn broker() -> Arc<Broker> {
         Broker::new(
             &["/"],
             Users::new([User {
