@@ -117,6 +117,10 @@ impl Buffers {
         self.0.as_ref().is_none_or(|b| b.read.is_empty())
     }
 
+    fn writing_is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|b| b.writing.is_empty())
+    }
+
     fn write_len(&self) -> usize {
         self.0.as_ref().map_or(0, |b| b.write.len())
     }
@@ -258,27 +262,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         {
             self.wait_for_journal();
         }
-        let b = self.bufs.get();
-        if b.writing.is_empty() && !b.write.is_empty() {
-            std::mem::swap(&mut b.writing, &mut b.write);
-            self.session.after_write();
+        // Nothing to tidy while no buffer exists: an idle connection's
+        // rounds make no box.
+        if let Some(b) = &mut self.bufs.0 {
+            if b.writing.is_empty() && !b.write.is_empty() {
+                std::mem::swap(&mut b.writing, &mut b.write);
+                self.session.after_write();
+            }
+            if b.write.is_empty() && b.write.capacity() > IDLE_BUFFER {
+                b.write = BytesMut::new();
+            }
+            if b.read.is_empty() && (b.read.capacity() > IDLE_BUFFER || !self.busy) {
+                b.read = BytesMut::new();
+            }
         }
-        if b.write.is_empty() && b.write.capacity() > IDLE_BUFFER {
-            b.write = BytesMut::new();
-        }
-        if b.read.is_empty() && (b.read.capacity() > IDLE_BUFFER || !self.busy) {
-            b.read = BytesMut::new();
-        }
-        if (self.session.is_done() || self.eof) && b.writing.is_empty() {
+        if (self.session.is_done() || self.eof) && self.bufs.writing_is_empty() {
             return false;
         }
-        let can_read = self.can_read();
-        let b = self.bufs.get();
-        let read_size = if self.busy { READ_CHUNK } else { READ_SMALL };
         // An idle client's small reads go through the stack instead.
-        let into_rbuf = self.busy || !b.read.is_empty();
-        if into_rbuf && can_read && b.read.capacity() - b.read.len() < read_size / 2 {
-            b.read.reserve(read_size);
+        let into_rbuf = self.busy || !self.bufs.read_is_empty();
+        if into_rbuf && self.can_read() {
+            let read_size = if self.busy { READ_CHUNK } else { READ_SMALL };
+            let b = self.bufs.get();
+            if b.read.capacity() - b.read.len() < read_size / 2 {
+                b.read.reserve(read_size);
+            }
         }
         self.bufs.release_if_empty();
         true

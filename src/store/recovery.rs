@@ -54,8 +54,9 @@ pub struct Recovered {
     pub records: u64,
     /// Bytes read.
     pub bytes: u64,
-    /// Body bytes kept in memory per queue uid.
-    kept_bytes: HashMap<u64, u64>,
+    /// Body bytes of the live messages per queue uid, as a queue counts
+    /// its ready bytes: what `window` is measured against.
+    queue_bytes: HashMap<u64, u64>,
     /// Which messages keep their bodies.
     window: MemoryWindow,
 }
@@ -154,11 +155,9 @@ fn apply(out: &mut Recovered, logged: Logged, entry: Entry) {
         Change::Enqueued { queue, id, message } => {
             *out.live.entry(logged.segment).or_insert(0) += 1;
             let q = out.messages.entry(queue).or_default();
-            let kept = out.kept_bytes.entry(queue).or_default();
-            let keep = out.window.keeps_body(q.len(), *kept);
-            if keep {
-                *kept += message.size() as u64;
-            }
+            let bytes = out.queue_bytes.entry(queue).or_default();
+            let keep = out.window.keeps_body(q.len(), *bytes);
+            *bytes += message.size() as u64;
             let live = LiveMessage {
                 priority: message.properties().priority,
                 ttl: message.properties().ttl_millis(),
@@ -177,14 +176,10 @@ fn apply(out: &mut Recovered, logged: Logged, entry: Entry) {
         }
         Change::Removed { queue, id, segment } => {
             let removed = out.messages.get_mut(&queue).and_then(|q| q.remove(&id));
-            if let Some(LiveMessage {
-                message: Some(_),
-                size,
-                ..
-            }) = &removed
-                && let Some(kept) = out.kept_bytes.get_mut(&queue)
+            if let Some(m) = &removed
+                && let Some(bytes) = out.queue_bytes.get_mut(&queue)
             {
-                *kept -= u64::from(*size);
+                *bytes -= u64::from(m.size);
             }
             if removed.is_some()
                 && let Some(n) = out.live.get_mut(&segment)
@@ -194,7 +189,7 @@ fn apply(out: &mut Recovered, logged: Logged, entry: Entry) {
         }
         Change::QueueDeleted { uid, .. } => {
             out.messages.remove(&uid);
-            out.kept_bytes.remove(&uid);
+            out.queue_bytes.remove(&uid);
         }
         _ => {}
     }
