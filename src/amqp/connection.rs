@@ -102,6 +102,7 @@ where
                 if !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer) {
                     eof = true;
                 }
+                crate::core::event_channel::yield_to_receivers().await;
             }
             r = alarms.changed() => {
                 if r.is_err() { break; }

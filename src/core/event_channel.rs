@@ -72,6 +72,19 @@ pub fn channel() -> (EventSink, EventStream) {
     )
 }
 
+/// Lets the connections that a batch of sends just woke run now.
+///
+/// Tokio keeps the task woken last in the sending worker's LIFO slot, which
+/// no idle worker may steal: it runs only once the sender's task yields. A
+/// connection task that reads a socket buffer of publishes and then reads
+/// again would hold its consumers back until its socket ran dry (up to 128
+/// reads per poll); a publisher then outruns its consumers and the
+/// backlog's age becomes their latency. Connection tasks call this after
+/// handling each read.
+pub async fn yield_to_receivers() {
+    tokio::task::yield_now().await;
+}
+
 impl EventSink {
     /// Queues an event; gives it back if the receiver is closed or gone.
     pub fn send(&self, event: Event) -> Result<(), Event> {

@@ -113,6 +113,7 @@ where
                 if n == 0 {
                     eof = true;
                 }
+                crate::core::event_channel::yield_to_receivers().await;
             }
             r = async { alarms.as_mut().expect("guarded by is_some").changed().await },
                 if alarms.is_some() && held => {
