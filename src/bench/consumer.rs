@@ -1,6 +1,8 @@
 //! The consuming side: one task reads in bulk, reassembles deliveries from
 //! their method, header and body frames, records each message's latency, and
-//! writes its acks once per read.
+//! writes each ack as soon as it is due: one read can hold the whole
+//! prefetch, and an ack held back until the read is handled would leave
+//! the broker without credit meanwhile.
 
 use super::client::{CHANNEL, Connection, Target, close_method, refusal};
 use super::wire::Incoming;
@@ -229,6 +231,7 @@ impl Consumer {
                     unacked += 1;
                     if unacked >= every {
                         push_ack(&mut conn, last_tag)?;
+                        conn.writer.flush(WRITE_TIMEOUT).await?;
                         unacked = 0;
                     }
                 }
