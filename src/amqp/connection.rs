@@ -99,10 +99,13 @@ where
                     Ok(n) => session.received(n),
                 }
                 last_read = Instant::now();
-                if !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer) {
+                let drained = drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer);
+                if !drained.ok {
                     eof = true;
                 }
-                crate::core::event_channel::yield_to_receivers().await;
+                if drained.published {
+                    crate::core::event_channel::yield_to_receivers().await;
+                }
             }
             r = alarms.changed() => {
                 if r.is_err() { break; }
@@ -110,7 +113,7 @@ where
                 session.on_alarm(now, &mut wbuf);
                 last_read = Instant::now();
                 // Frames held back while blocked are handled now.
-                if !session.is_held() && !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer) {
+                if !session.is_held() && !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer).ok {
                     eof = true;
                 }
             }
@@ -172,20 +175,32 @@ where
     let _ = wr.shutdown().await;
 }
 
+/// What handling a read's frames came to.
+struct Drained {
+    /// False when the input is unusable and the connection must end.
+    ok: bool,
+    /// Messages were published: the consumers they reached may be waiting
+    /// to run (a consumer's acks only wake its own connection, which then
+    /// writes the deliveries they freed before anything else runs).
+    published: bool,
+}
+
 /// Decodes and handles every complete frame in `rbuf`, stopping early when
-/// the session holds a publisher back. Returns false when the input is
-/// unusable and the connection must end.
+/// the session holds a publisher back.
 fn drain_frames(
     codec: &mut AmqpCodec,
     rbuf: &mut BytesMut,
     session: &mut Session,
     wbuf: &mut BytesMut,
     peer: SocketAddr,
-) -> bool {
+) -> Drained {
     let mut ok = true;
+    let mut published = false;
     while !session.is_held() && !session.is_done() {
         match codec.decode(rbuf) {
             Ok(Some(frame)) => {
+                // Only a publish carries a content header from a client.
+                published |= matches!(frame, super::codec::Inbound::Header(..));
                 session.on_frame(frame, wbuf);
                 codec.set_frame_max(session.frame_max());
             }
@@ -200,5 +215,5 @@ fn drain_frames(
         }
     }
     session.flush_confirms(wbuf);
-    ok
+    Drained { ok, published }
 }

@@ -80,7 +80,7 @@ pub fn channel() -> (EventSink, EventStream) {
 /// again would hold its consumers back until its socket ran dry (up to 128
 /// reads per poll); a publisher then outruns its consumers and the
 /// backlog's age becomes their latency. Connection tasks call this after
-/// handling each read.
+/// handling a read that published.
 pub async fn yield_to_receivers() {
     tokio::task::yield_now().await;
 }

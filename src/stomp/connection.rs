@@ -109,11 +109,14 @@ where
                     last_read = Instant::now();
                     session.received(n);
                 }
-                held = decode_input(&mut codec, &mut rbuf, n == 0, &mut session, &mut wbuf, alarms.as_ref(), peer);
+                let decoded = decode_input(&mut codec, &mut rbuf, n == 0, &mut session, &mut wbuf, alarms.as_ref(), peer);
+                held = decoded.held;
                 if n == 0 {
                     eof = true;
                 }
-                crate::core::event_channel::yield_to_receivers().await;
+                if decoded.sent {
+                    crate::core::event_channel::yield_to_receivers().await;
+                }
             }
             r = async { alarms.as_mut().expect("guarded by is_some").changed().await },
                 if alarms.is_some() && held => {
@@ -123,7 +126,7 @@ where
                 if alarms.as_ref().is_none_or(|a| !a.borrow().any()) {
                     // Frames that came in behind the held SEND go first.
                     last_read = Instant::now();
-                    held = decode_input(&mut codec, &mut rbuf, eof, &mut session, &mut wbuf, alarms.as_ref(), peer);
+                    held = decode_input(&mut codec, &mut rbuf, eof, &mut session, &mut wbuf, alarms.as_ref(), peer).held;
                 }
             }
             n = rx.recv_many(&mut batch, EVENT_BATCH) => {
@@ -199,9 +202,9 @@ where
     let _ = wr.shutdown().await;
 }
 
-/// Decodes and handles the frames in `rbuf` (`at_eof`: no more will come).
-/// Returns true when a SEND was handled during a resource alarm: the rest
-/// waits in `rbuf`.
+/// Decodes and handles the frames in `rbuf` (`at_eof`: no more will come),
+/// stopping after a SEND handled during a resource alarm: the rest waits in
+/// `rbuf`.
 fn decode_input(
     codec: &mut StompCodec,
     rbuf: &mut BytesMut,
@@ -210,8 +213,9 @@ fn decode_input(
     wbuf: &mut BytesMut,
     alarms: Option<&watch::Receiver<Alarms>>,
     peer: SocketAddr,
-) -> bool {
-    loop {
+) -> Decoded {
+    let mut sent = false;
+    let held = loop {
         let decoded = if at_eof {
             codec.decode_eof(rbuf)
         } else {
@@ -220,24 +224,34 @@ fn decode_input(
         match decoded {
             Ok(Some(Item::Frame(frame))) => {
                 let send = frame.command == Command::Send;
+                sent |= send;
                 session.on_frame(frame, wbuf);
                 codec.set_version(session.version());
                 if !session.is_reading() {
-                    return false;
+                    break false;
                 }
                 if send && alarms.is_some_and(|a| a.borrow().any()) {
-                    return true;
+                    break true;
                 }
             }
             Ok(Some(Item::Heartbeat)) => {}
-            Ok(None) => return false,
+            Ok(None) => break false,
             Err(e) => {
                 tracing::info!(%peer, user = session.user_name(), vhost = session.vhost_name(),
                     error = %e, "bad STOMP input");
                 session.on_codec_error(&e, wbuf);
                 rbuf.clear();
-                return false;
+                break false;
             }
         }
-    }
+    };
+    Decoded { held, sent }
+}
+
+/// What handling a read's frames came to.
+struct Decoded {
+    /// A SEND waits for an alarm to clear.
+    held: bool,
+    /// Messages were sent: the consumers they reached may be waiting to run.
+    sent: bool,
 }
