@@ -191,6 +191,14 @@ pub trait ChangeLog: Send + Sync + Debug {
     /// will become durable later (a confirm must wait for it).
     fn record(&self, vhost: &VHostName, change: Change) -> Option<Logged>;
 
+    /// Records changes in order, as `record` would one by one; a log may
+    /// take them in one go (a multiple ack removes many messages at once).
+    fn record_all(&self, vhost: &VHostName, changes: &mut Vec<Change>) {
+        for change in changes.drain(..) {
+            self.record(vhost, change);
+        }
+    }
+
     /// Reads back a record written earlier (a paged-out message).
     fn read(&self, _segment: LogPosition, _offset: u64) -> Option<Change> {
         None

@@ -509,13 +509,19 @@ impl Queue {
 
     /// Journals a message leaving the queue for good.
     fn log_removed(&self, id: u64, entry: &Entry) {
-        if let Some(logged) = entry.logged {
-            self.record(Change::Removed {
-                queue: self.uid,
-                id,
-                segment: logged.segment,
-            });
+        if let Some(change) = self.removal(id, entry) {
+            self.record(change);
         }
+    }
+
+    /// The record of a journalled message leaving the queue for good.
+    fn removal(&self, id: u64, entry: &Entry) -> Option<Change> {
+        let logged = entry.logged?;
+        Some(Change::Removed {
+            queue: self.uid,
+            id,
+            segment: logged.segment,
+        })
     }
 
     /// Journals a hand-out, so a restart marks the message redelivered.
@@ -1009,6 +1015,9 @@ impl Queue {
     pub fn settle(&self, ids: &[DeliveryId], how: Settle) -> Aftermath {
         let mut st = self.lock();
         let mut after = Aftermath::default();
+        // Journalled together: one pass through the journal's lock for a
+        // multiple ack rather than one per message.
+        let mut acked = Vec::new();
         for id in ids {
             let Some(u) = st.unacked.remove(id) else {
                 continue;
@@ -1029,7 +1038,7 @@ impl Queue {
                 continue;
             }
             match how {
-                Settle::Ack => self.log_removed(u.key.1, &u.entry),
+                Settle::Ack => acked.extend(self.removal(u.key.1, &u.entry)),
                 Settle::Requeue => {
                     st.ready_bytes += u64::from(u.entry.size);
                     st.ready.insert(u.key, u.entry);
@@ -1038,6 +1047,9 @@ impl Queue {
                     self.discard(u.key.1, u.entry, DeadReason::Rejected, &mut after.dead)
                 }
             }
+        }
+        if let Some(log) = self.log.as_ref().filter(|_| !acked.is_empty()) {
+            log.log.record_all(&log.vhost, &mut acked);
         }
         if !st.deleted {
             self.dispatch(&mut st, &mut after.dead);

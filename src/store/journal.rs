@@ -228,7 +228,14 @@ impl Journal {
         if st.closed {
             return None;
         }
-        let logged = self.push(&mut st, payload);
+        let logged = self.note(&mut st, vhost, change, payload);
+        self.wake_writer(st);
+        Some(logged)
+    }
+
+    /// Pushes one change's record and accounts for it.
+    fn note(&self, st: &mut State, vhost: &VHostName, change: &Change, payload: &[u8]) -> Logged {
+        let logged = self.push(st, payload);
         st.defs.apply(vhost, change);
         match change {
             Change::Enqueued { .. } => *st.live.entry(logged.segment).or_insert(0) += 1,
@@ -239,12 +246,16 @@ impl Journal {
             }
             _ => {}
         }
+        logged
+    }
+
+    /// Releases the lock, waking the writer if it sleeps.
+    fn wake_writer(&self, st: MutexGuard<'_, State>) {
         let wake = st.writer_waiting;
         drop(st);
         if wake {
             self.shared.wake.notify_one();
         }
-        Some(logged)
     }
 
     /// Flushes everything and stops the writer.
@@ -269,24 +280,58 @@ impl Drop for Journal {
     }
 }
 
+thread_local! {
+    // Records are serialised outside the journal's lock, into a buffer each
+    // thread reuses rather than one allocation per record.
+    static PAYLOAD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Serialises `changes` into the thread's buffer, back to back, and hands
+/// `with` the buffer and where each change's bytes end.
+fn serialised<R>(
+    vhost: &VHostName,
+    changes: &[Change],
+    with: impl FnOnce(&[u8], &[usize]) -> R,
+) -> R {
+    PAYLOAD.with_borrow_mut(|payload| {
+        payload.clear();
+        let mut ends = Vec::with_capacity(changes.len());
+        for change in changes {
+            *payload =
+                postcard::to_extend(&EntryRef::Change(vhost, change), std::mem::take(payload))
+                    .expect("core types serialise");
+            ends.push(payload.len());
+        }
+        let out = with(payload, &ends);
+        if payload.capacity() > 64 * 1024 {
+            *payload = Vec::new();
+        }
+        out
+    })
+}
+
 impl ChangeLog for Journal {
     fn record(&self, vhost: &VHostName, change: Change) -> Option<Logged> {
-        thread_local! {
-            // Serialised outside the journal's lock, into a buffer each
-            // thread reuses rather than one allocation per record.
-            static PAYLOAD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        PAYLOAD.with_borrow_mut(|payload| {
-            payload.clear();
-            *payload =
-                postcard::to_extend(&EntryRef::Change(vhost, &change), std::mem::take(payload))
-                    .expect("core types serialise");
-            let logged = self.append(vhost, &change, payload);
-            if payload.capacity() > 64 * 1024 {
-                *payload = Vec::new();
-            }
-            logged
+        let changes = std::slice::from_ref(&change);
+        serialised(vhost, changes, |payload, _| {
+            self.append(vhost, &change, payload)
         })
+    }
+
+    fn record_all(&self, vhost: &VHostName, changes: &mut Vec<Change>) {
+        serialised(vhost, changes, |payload, ends| {
+            let mut st = self.lock();
+            if st.closed {
+                return;
+            }
+            let mut start = 0;
+            for (change, &end) in changes.iter().zip(ends) {
+                self.note(&mut st, vhost, change, &payload[start..end]);
+                start = end;
+            }
+            self.wake_writer(st);
+        });
+        changes.clear();
     }
 
     fn read(&self, segment: LogPosition, offset: u64) -> Option<Change> {

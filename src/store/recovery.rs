@@ -295,6 +295,18 @@ mod tests {
 
     /// Writes a queue declaration and `n` messages, removing those `removed` says.
     fn write(dir: &Path, segment_bytes: u64, n: u64, removed: impl Fn(u64) -> bool) {
+        write_removing_in(dir, segment_bytes, n, removed, 1);
+    }
+
+    /// `write`, recording the removals `batch` at a time with `record_all`
+    /// (one at a time with `record` when `batch` is 1).
+    fn write_removing_in(
+        dir: &Path,
+        segment_bytes: u64,
+        n: u64,
+        removed: impl Fn(u64) -> bool,
+        batch: usize,
+    ) {
         let journal = Journal::start(
             config(dir, segment_bytes),
             1,
@@ -326,15 +338,20 @@ mod tests {
                     .expect("position"),
             );
         }
-        for i in (0..n).filter(|i| removed(*i)) {
-            journal.record(
-                &vhost,
-                Change::Removed {
-                    queue: 1,
-                    id: i,
-                    segment: at[i as usize].segment,
-                },
-            );
+        let removals: Vec<Change> = (0..n)
+            .filter(|i| removed(*i))
+            .map(|i| Change::Removed {
+                queue: 1,
+                id: i,
+                segment: at[i as usize].segment,
+            })
+            .collect();
+        for chunk in removals.chunks(batch) {
+            if batch == 1 {
+                journal.record(&vhost, chunk[0].clone());
+            } else {
+                journal.record_all(&vhost, &mut chunk.to_vec());
+            }
         }
         journal.shutdown();
     }
@@ -354,6 +371,26 @@ mod tests {
         assert!(rec.defs.vhosts["/"].queues.contains_key("q"));
         let expected: Vec<u64> = (0..100).filter(|i| i % 3 != 0).collect();
         assert_eq!(ids(&rec), expected);
+    }
+
+    #[test]
+    fn removals_recorded_together_recover_as_removals_recorded_one_by_one() {
+        let one = tempfile::tempdir().expect("temp dir");
+        let many = tempfile::tempdir().expect("temp dir");
+        write_removing_in(one.path(), 2048, 200, |i| i < 190 || i % 3 == 0, 1);
+        write_removing_in(many.path(), 2048, 200, |i| i < 190 || i % 3 == 0, 7);
+        let (one_rec, many_rec) = (
+            recover(one.path(), MemoryWindow::default()).expect("recovers"),
+            recover(many.path(), MemoryWindow::default()).expect("recovers"),
+        );
+        let expected: Vec<u64> = (190..200).filter(|i| i % 3 != 0).collect();
+        assert_eq!(ids(&one_rec), expected);
+        assert_eq!(ids(&many_rec), expected);
+        assert_eq!(
+            segments(many.path()).expect("list"),
+            segments(one.path()).expect("list"),
+            "the same segments are reclaimed"
+        );
     }
 
     #[test]
