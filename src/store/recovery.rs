@@ -139,7 +139,48 @@ pub fn recover(dir: &Path, window: MemoryWindow) -> Result<Recovered, RecoveryEr
         }
         out.bytes += at as u64;
     }
+    load_window_bodies(dir, &mut out)?;
     Ok(out)
+}
+
+/// Replay decides whether a message keeps its body at its `Enqueued`
+/// record, before the removals that follow it: a queue whose head was
+/// acknowledged before the restart would have its window's bodies on disk
+/// only, and drain its backlog one read per message. Their bodies are read
+/// back here, one segment at a time.
+fn load_window_bodies(dir: &Path, out: &mut Recovered) -> std::io::Result<()> {
+    let mut wanted: BTreeMap<LogPosition, Vec<(u64, u64)>> = BTreeMap::new();
+    for (&queue, messages) in &out.messages {
+        let (mut ahead, mut ahead_bytes) = (0, 0);
+        for (&id, m) in messages {
+            if !out.window.keeps_body(ahead, ahead_bytes) {
+                break;
+            }
+            if m.message.is_none() {
+                wanted
+                    .entry(m.logged.segment)
+                    .or_default()
+                    .push((queue, id));
+            }
+            ahead += 1;
+            ahead_bytes += u64::from(m.size);
+        }
+    }
+    for (segment, messages) in wanted {
+        let data = fs::read(segment_path(dir, segment))?;
+        for (queue, id) in messages {
+            let Some(live) = out.messages.get_mut(&queue).and_then(|q| q.get_mut(&id)) else {
+                continue;
+            };
+            let at = live.logged.offset as usize;
+            if let Some(Ok((_, Entry::Change(_, Change::Enqueued { message, .. }), _))) =
+                data.get(at..).map(record::decode)
+            {
+                live.message = Some(message);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn apply(out: &mut Recovered, logged: Logged, entry: Entry) {
@@ -390,6 +431,29 @@ mod tests {
             segments(many.path()).expect("list"),
             segments(one.path()).expect("list"),
             "the same segments are reclaimed"
+        );
+    }
+
+    #[test]
+    fn the_window_holds_the_bodies_of_the_messages_left_after_the_head_was_acknowledged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), 2048, 200, |i| i < 190);
+        let window = MemoryWindow {
+            messages: 4,
+            bytes: u64::MAX,
+        };
+        let rec = recover(dir.path(), window).expect("recovers");
+        let kept: Vec<u64> = rec.messages[&1]
+            .iter()
+            .filter(|(_, m)| m.message.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(kept, vec![190, 191, 192, 193]);
+        let body = rec.messages[&1][&190].message.as_ref().expect("kept");
+        assert_eq!(
+            body.body().as_ref(),
+            &[190u8; 100][..],
+            "the body read back"
         );
     }
 
