@@ -15,9 +15,12 @@ use super::codec::AmqpCodec;
 use super::error::CONNECTION_FORCED;
 use super::session::{FRAME_MAX, Session};
 use crate::core::Broker;
+use crate::core::event_channel::yield_to_receivers;
 
 /// Events taken from the connection's channel per wake-up.
 const EVENT_BATCH: usize = 512;
+/// Publishes handled between two yields to the consumers they reached.
+const PUBLISHES_PER_YIELD: u32 = 64;
 /// Stop reading while this much output waits for a slow client, so a
 /// publisher that never reads its confirms cannot grow our buffers.
 const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
@@ -99,12 +102,8 @@ where
                     Ok(n) => session.received(n),
                 }
                 last_read = Instant::now();
-                let drained = drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer);
-                if !drained.ok {
+                if !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer).await {
                     eof = true;
-                }
-                if drained.published {
-                    crate::core::event_channel::yield_to_receivers().await;
                 }
             }
             r = alarms.changed() => {
@@ -113,7 +112,7 @@ where
                 session.on_alarm(now, &mut wbuf);
                 last_read = Instant::now();
                 // Frames held back while blocked are handled now.
-                if !session.is_held() && !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer).ok {
+                if !session.is_held() && !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer).await {
                     eof = true;
                 }
             }
@@ -175,34 +174,36 @@ where
     let _ = wr.shutdown().await;
 }
 
-/// What handling a read's frames came to.
-struct Drained {
-    /// False when the input is unusable and the connection must end.
-    ok: bool,
-    /// Messages were published: the consumers they reached may be waiting
-    /// to run (a consumer's acks only wake its own connection, which then
-    /// writes the deliveries they freed before anything else runs).
-    published: bool,
-}
-
 /// Decodes and handles every complete frame in `rbuf`, stopping early when
-/// the session holds a publisher back.
-fn drain_frames(
+/// the session holds a publisher back. Returns false when the input is
+/// unusable and the connection must end.
+///
+/// Every `PUBLISHES_PER_YIELD` publishes, and after the last, it lets the
+/// consumers they reached run (`yield_to_receivers`): one read of small
+/// messages holds hundreds. A read of acks only wakes this connection,
+/// which then writes the deliveries they freed before anything else runs.
+async fn drain_frames(
     codec: &mut AmqpCodec,
     rbuf: &mut BytesMut,
     session: &mut Session,
     wbuf: &mut BytesMut,
     peer: SocketAddr,
-) -> Drained {
+) -> bool {
     let mut ok = true;
-    let mut published = false;
+    let mut published = 0;
     while !session.is_held() && !session.is_done() {
         match codec.decode(rbuf) {
             Ok(Some(frame)) => {
                 // Only a publish carries a content header from a client.
-                published |= matches!(frame, super::codec::Inbound::Header(..));
+                if matches!(frame, super::codec::Inbound::Header(..)) {
+                    published += 1;
+                }
                 session.on_frame(frame, wbuf);
                 codec.set_frame_max(session.frame_max());
+                if published == PUBLISHES_PER_YIELD {
+                    published = 0;
+                    yield_to_receivers().await;
+                }
             }
             Ok(None) => break,
             Err(e) => {
@@ -215,5 +216,8 @@ fn drain_frames(
         }
     }
     session.flush_confirms(wbuf);
-    Drained { ok, published }
+    if published > 0 {
+        yield_to_receivers().await;
+    }
+    ok
 }

@@ -79,8 +79,8 @@ pub fn channel() -> (EventSink, EventStream) {
 /// connection task that reads a socket buffer of publishes and then reads
 /// again would hold its consumers back until its socket ran dry (up to 128
 /// reads per poll); a publisher then outruns its consumers and the
-/// backlog's age becomes their latency. Connection tasks call this after
-/// handling a read that published.
+/// backlog's age becomes their latency. Connection tasks call this every
+/// few dozen publishes they handle, and after a read's last.
 pub async fn yield_to_receivers() {
     tokio::task::yield_now().await;
 }

@@ -17,9 +17,12 @@ use super::codec::{Command, Item, StompCodec};
 use super::session::{Session, Settings};
 use crate::core::Broker;
 use crate::core::alarm::Alarms;
+use crate::core::event_channel::yield_to_receivers;
 
 /// Events taken from the connection's channel per wake-up.
 const EVENT_BATCH: usize = 512;
+/// SENDs handled between two yields to the consumers they reached.
+const SENDS_PER_YIELD: u32 = 64;
 /// Stop reading while this much output waits for a slow client, so a
 /// publisher that never reads its receipts cannot grow our buffers.
 const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
@@ -109,13 +112,9 @@ where
                     last_read = Instant::now();
                     session.received(n);
                 }
-                let decoded = decode_input(&mut codec, &mut rbuf, n == 0, &mut session, &mut wbuf, alarms.as_ref(), peer);
-                held = decoded.held;
+                held = decode_input(&mut codec, &mut rbuf, n == 0, &mut session, &mut wbuf, alarms.as_ref(), peer).await;
                 if n == 0 {
                     eof = true;
-                }
-                if decoded.sent {
-                    crate::core::event_channel::yield_to_receivers().await;
                 }
             }
             r = async { alarms.as_mut().expect("guarded by is_some").changed().await },
@@ -126,7 +125,7 @@ where
                 if alarms.as_ref().is_none_or(|a| !a.borrow().any()) {
                     // Frames that came in behind the held SEND go first.
                     last_read = Instant::now();
-                    held = decode_input(&mut codec, &mut rbuf, eof, &mut session, &mut wbuf, alarms.as_ref(), peer).held;
+                    held = decode_input(&mut codec, &mut rbuf, eof, &mut session, &mut wbuf, alarms.as_ref(), peer).await;
                 }
             }
             n = rx.recv_many(&mut batch, EVENT_BATCH) => {
@@ -202,10 +201,11 @@ where
     let _ = wr.shutdown().await;
 }
 
-/// Decodes and handles the frames in `rbuf` (`at_eof`: no more will come),
-/// stopping after a SEND handled during a resource alarm: the rest waits in
-/// `rbuf`.
-fn decode_input(
+/// Decodes and handles the frames in `rbuf` (`at_eof`: no more will come).
+/// Returns true when a SEND was handled during a resource alarm: the rest
+/// waits in `rbuf`. Every `SENDS_PER_YIELD` SENDs, and after the last, it
+/// lets the consumers they reached run (`yield_to_receivers`).
+async fn decode_input(
     codec: &mut StompCodec,
     rbuf: &mut BytesMut,
     at_eof: bool,
@@ -213,8 +213,8 @@ fn decode_input(
     wbuf: &mut BytesMut,
     alarms: Option<&watch::Receiver<Alarms>>,
     peer: SocketAddr,
-) -> Decoded {
-    let mut sent = false;
+) -> bool {
+    let mut sent = 0;
     let held = loop {
         let decoded = if at_eof {
             codec.decode_eof(rbuf)
@@ -224,7 +224,6 @@ fn decode_input(
         match decoded {
             Ok(Some(Item::Frame(frame))) => {
                 let send = frame.command == Command::Send;
-                sent |= send;
                 session.on_frame(frame, wbuf);
                 codec.set_version(session.version());
                 if !session.is_reading() {
@@ -232,6 +231,13 @@ fn decode_input(
                 }
                 if send && alarms.is_some_and(|a| a.borrow().any()) {
                     break true;
+                }
+                if send {
+                    sent += 1;
+                    if sent == SENDS_PER_YIELD {
+                        sent = 0;
+                        yield_to_receivers().await;
+                    }
                 }
             }
             Ok(Some(Item::Heartbeat)) => {}
@@ -245,13 +251,8 @@ fn decode_input(
             }
         }
     };
-    Decoded { held, sent }
-}
-
-/// What handling a read's frames came to.
-struct Decoded {
-    /// A SEND waits for an alarm to clear.
-    held: bool,
-    /// Messages were sent: the consumers they reached may be waiting to run.
-    sent: bool,
+    if sent > 0 {
+        yield_to_receivers().await;
+    }
+    held
 }
