@@ -21,7 +21,9 @@ use rmqtt_codec::v5::{
     RetainHandling, SubscribeAckReason, UnsubscribeAckReason,
 };
 
-use super::codec::{CONNACK_UNACCEPTABLE_PROTOCOL, CodecError, Inbound, Version, Writer};
+use super::codec::{
+    CONNACK_UNACCEPTABLE_PROTOCOL, CodecError, Inbound, OutPublish, Version, Writer,
+};
 use super::error::{Disconnect, from_codec, from_topic, publish_reason, subscribe_reason};
 use super::properties::{self, published_qos, published_retained};
 use super::topic::{self, ParsedFilter};
@@ -184,6 +186,8 @@ struct Flows {
     consumers: IdMap<ConsumerId, ConsumerInfo>,
     /// Shared subscription (raw filter) -> its consumer.
     shared: HashMap<String, ConsumerId>,
+    /// Aliases given to the client, by routing key (the topic's
+    /// one-to-one image).
     aliases_out: HashMap<String, NonZeroU16>,
     aliases_in: IdMap<u16, ByteString>,
     outbound: IdMap<u16, Outgoing>,
@@ -1539,8 +1543,8 @@ impl Session {
         if p.dup {
             mqtt.redelivered.inc();
         }
-        let full_topic = topic::key_to_topic(p.message.routing_key().as_str());
-        let mut topic = ByteString::from(full_topic.as_str());
+        let key = p.message.routing_key().as_str();
+        let mut send_topic = true;
         let mut new_alias = None;
         let props = if self.v5() {
             let mut props = properties::to_mqtt(&p.message);
@@ -1548,9 +1552,9 @@ impl Session {
             if self.client_alias_max > 0 {
                 let client_alias_max = usize::from(self.client_alias_max);
                 let aliases = &self.flows().aliases_out;
-                if let Some(&alias) = aliases.get(&full_topic) {
+                if let Some(&alias) = aliases.get(key) {
                     props.topic_alias = Some(alias);
-                    topic = ByteString::new();
+                    send_topic = false;
                 } else if aliases.len() < client_alias_max {
                     let alias =
                         NonZeroU16::new(aliases.len() as u16 + 1).expect("aliases start at 1");
@@ -1563,18 +1567,18 @@ impl Session {
             None
         };
         let packet_id = (p.qos != QoS::AtMostOnce).then(|| self.alloc_packet_id());
-        let publish = Publish {
-            dup: p.dup && packet_id.is_some(),
-            retain: p.retain,
+        let publish = OutPublish {
+            key: send_topic.then_some(key),
             qos: p.qos,
-            topic,
+            dup: p.dup,
+            retain: p.retain,
             packet_id,
-            payload: p.message.body().clone(),
-            properties: props,
+            properties: props.as_ref(),
+            payload: p.message.body(),
         };
-        let written = match &mut self.writer {
-            Some(w) => w.write(v5::Packet::Publish(Box::new(publish)), out),
-            None => Ok(false),
+        let written = match &self.writer {
+            Some(w) => w.write_publish(&publish, out),
+            None => Ok(()),
         };
         if let Err(e) = written {
             // Over the client's Maximum Packet Size: discarded as if sent
@@ -1586,7 +1590,7 @@ impl Session {
             return;
         }
         if let Some(alias) = new_alias {
-            self.flows().aliases_out.insert(full_topic, alias);
+            self.flows().aliases_out.insert(key.to_owned(), alias);
         }
         match packet_id {
             Some(id) => {
