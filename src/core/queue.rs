@@ -618,11 +618,13 @@ impl Queue {
     }
 
     fn expiry(&self, message: &Message) -> Option<Instant> {
-        self.expiry_from(
-            Instant::now(),
-            message.age(),
-            message.properties().ttl_millis(),
-        )
+        let message_ttl = message.properties().ttl_millis();
+        // Most messages have no TTL: no clock is read for them (two
+        // reads per message per queue otherwise).
+        if message_ttl.is_none() && self.args.message_ttl.is_none() {
+            return None;
+        }
+        self.expiry_from(Instant::now(), message.age(), message_ttl)
     }
 
     /// When a message `age` old at `now` expires. Counted forward from now
@@ -645,8 +647,7 @@ impl Queue {
     pub fn enqueue(&self, message: Message) -> Enqueued {
         let mut out = Enqueued::default();
         let expires_at = self.expiry(&message);
-        let now = Instant::now();
-        if expires_at.is_some_and(|t| t <= now) {
+        if expires_at.is_some_and(|t| t <= Instant::now()) {
             // A zero TTL: deliverable only to a consumer that can take it now.
             let mut st = self.lock();
             if st.deleted {
@@ -862,7 +863,8 @@ impl Queue {
         if st.consumers.is_empty() {
             return;
         }
-        let now = Instant::now();
+        // Read once, and only when a message has a TTL.
+        let mut now = None;
         while !st.ready.is_empty() {
             let Some(idx) = self.pick_consumer(st) else {
                 return;
@@ -871,7 +873,10 @@ impl Queue {
                 return;
             };
             st.ready_bytes -= u64::from(entry.size);
-            if entry.expires_at.is_some_and(|t| t <= now) {
+            if entry
+                .expires_at
+                .is_some_and(|t| t <= *now.get_or_insert_with(Instant::now))
+            {
                 self.discard(key.1, entry, DeadReason::Expired, dead);
                 continue;
             }
