@@ -902,7 +902,7 @@ mod tests {
                 NonZeroU32::new(300_000).expect("n"),
             ],
         };
-        let big = vec![b'x'; 200];
+        let big = [b'x'; 200];
         for version in [Version::V311, Version::V5] {
             for props in [
                 None,
