@@ -20,9 +20,9 @@ use tokio::sync::Notify;
 
 use super::change::{Change, ChangeLog, LogPosition, Logged};
 use super::delivery::{Delivery, Event, EventSink, Settle};
+use super::delivery_map::DeliveryMap;
 use super::error::{CoreError, CoreResult};
 use super::message::{Headers, Message, Value};
-use super::names::IdMap;
 use super::names::{
     ConnectionId, ConsumerId, ConsumerTag, DeliveryId, ExchangeName, QueueName, RoutingKey,
     VHostName,
@@ -372,7 +372,7 @@ struct State {
     ready: BTreeMap<ReadyKey, Entry>,
     ready_bytes: u64,
     next_seq: u64,
-    unacked: IdMap<DeliveryId, Unacked>,
+    unacked: DeliveryMap<Unacked>,
     next_delivery: u64,
     consumers: Vec<Consumer>,
     rr: usize,
@@ -471,7 +471,7 @@ impl Queue {
                 ready: BTreeMap::new(),
                 ready_bytes: 0,
                 next_seq: 0,
-                unacked: IdMap::default(),
+                unacked: DeliveryMap::default(),
                 next_delivery: 1,
                 consumers: Vec::new(),
                 rr: 0,
