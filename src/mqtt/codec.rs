@@ -474,6 +474,205 @@ impl Writer {
     }
 }
 
+/// A PUBLISH toward a client, borrowed from the message it carries.
+#[derive(Debug)]
+pub struct OutPublish<'a> {
+    /// The routing key, written as the topic with `/` and `.` swapped on
+    /// the way (topic.rs); `None`: an empty topic, sent with a topic alias.
+    pub key: Option<&'a str>,
+    pub qos: QoS,
+    pub dup: bool,
+    pub retain: bool,
+    pub packet_id: Option<std::num::NonZeroU16>,
+    /// MQTT 5 only; ignored for 3.1.1.
+    pub properties: Option<&'a v5::PublishProperties>,
+    pub payload: &'a [u8],
+}
+
+impl Writer {
+    /// Encodes a PUBLISH straight into `out`: the topic is swapped from
+    /// the routing key in place, and no packet value is built, moved or
+    /// dropped per delivered copy (rmqtt-codec's path cost a topic
+    /// `String`, a `ByteString` and a boxed packet each). Same size rules
+    /// as `write`.
+    pub fn write_publish(&self, p: &OutPublish<'_>, out: &mut BytesMut) -> Result<(), EncodeError> {
+        let topic_len = p.key.map_or(0, str::len);
+        if topic_len > usize::from(u16::MAX) {
+            return Err(EncodeError::InvalidLength);
+        }
+        let max = self.v5.max_outbound_size();
+        let pid_len = if p.qos == QoS::AtMostOnce { 0 } else { 2 };
+        let props = match (self.version, p.properties) {
+            (Version::V5, Some(props)) => Some(props),
+            _ => None,
+        };
+        let size = match self.version {
+            Version::V5 => {
+                let props_len = props.map_or(0, publish_properties_len);
+                2 + topic_len + pid_len + var_int_len(props_len) + props_len + p.payload.len()
+            }
+            Version::V31 | Version::V311 => {
+                if p.payload.len() + topic_len + 4 > max as usize {
+                    return Err(EncodeError::OverMaxPacketSize {
+                        size: p.payload.len() as u32,
+                        max,
+                    });
+                }
+                2 + topic_len + pid_len + p.payload.len()
+            }
+        };
+        if self.version == Version::V5 && size > max as usize {
+            return Err(EncodeError::OverMaxPacketSize {
+                size: size as u32,
+                max,
+            });
+        }
+        let Ok(remaining) = u32::try_from(size) else {
+            return Err(EncodeError::InvalidLength);
+        };
+        if remaining > MAX_VAR_INT {
+            return Err(EncodeError::InvalidLength);
+        }
+        out.reserve(size + 5);
+        out.extend_from_slice(&[0x30
+            | (u8::from(p.qos) << 1)
+            | (u8::from(p.dup && pid_len > 0) << 3)
+            | u8::from(p.retain)]);
+        put_var_int(remaining, out);
+        out.extend_from_slice(&(topic_len as u16).to_be_bytes());
+        if let Some(key) = p.key {
+            let start = out.len();
+            out.extend_from_slice(key.as_bytes());
+            // Byte-wise is exact: both separators are ASCII, and no byte
+            // of a multi-byte UTF-8 sequence is ASCII.
+            for b in &mut out[start..] {
+                *b = match *b {
+                    b'/' => b'.',
+                    b'.' => b'/',
+                    other => other,
+                };
+            }
+        }
+        if let Some(id) = p.packet_id.filter(|_| pid_len > 0) {
+            out.extend_from_slice(&id.get().to_be_bytes());
+        } else if pid_len > 0 {
+            return Err(EncodeError::PacketIdRequired);
+        }
+        if self.version == Version::V5 {
+            match props {
+                Some(props) => put_publish_properties(props, out)?,
+                None => out.extend_from_slice(&[0]),
+            }
+        }
+        out.extend_from_slice(p.payload);
+        Ok(())
+    }
+}
+
+/// The largest value of MQTT's variable byte integer.
+const MAX_VAR_INT: u32 = 268_435_455;
+
+fn var_int_len(v: usize) -> usize {
+    match v {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+fn put_var_int(mut v: u32, out: &mut BytesMut) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.extend_from_slice(&[byte]);
+            return;
+        }
+        out.extend_from_slice(&[byte | 0x80]);
+    }
+}
+
+/// Property identifiers of a PUBLISH (MQTT 5 §3.3.2.3).
+mod prop {
+    pub const UTF8_PAYLOAD: u8 = 0x01;
+    pub const MESSAGE_EXPIRY: u8 = 0x02;
+    pub const CONTENT_TYPE: u8 = 0x03;
+    pub const RESPONSE_TOPIC: u8 = 0x08;
+    pub const CORRELATION_DATA: u8 = 0x09;
+    pub const SUBSCRIPTION_ID: u8 = 0x0b;
+    pub const TOPIC_ALIAS: u8 = 0x23;
+    pub const USER: u8 = 0x26;
+}
+
+fn publish_properties_len(p: &v5::PublishProperties) -> usize {
+    let string = |len: Option<usize>| len.map_or(0, |l| 3 + l);
+    p.topic_alias.map_or(0, |_| 3)
+        + string(p.correlation_data.as_ref().map(|c| c.len()))
+        + p.message_expiry_interval.map_or(0, |_| 5)
+        + string(p.content_type.as_ref().map(|s| s.len()))
+        + usize::from(p.is_utf8_payload) * 2
+        + string(p.response_topic.as_ref().map(|s| s.len()))
+        + p.subscription_ids
+            .iter()
+            .map(|id| 1 + var_int_len(id.get() as usize))
+            .sum::<usize>()
+        + p.user_properties
+            .iter()
+            .map(|(k, v)| 5 + k.len() + v.len())
+            .sum::<usize>()
+}
+
+/// Writes the properties in rmqtt-codec's order, so either path gives the
+/// same bytes.
+fn put_publish_properties(
+    p: &v5::PublishProperties,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    fn put_bytes(id: u8, b: &[u8], out: &mut BytesMut) -> Result<(), EncodeError> {
+        let len = u16::try_from(b.len()).map_err(|_| EncodeError::InvalidLength)?;
+        out.extend_from_slice(&[id]);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(b);
+        Ok(())
+    }
+    put_var_int(publish_properties_len(p) as u32, out);
+    if let Some(a) = p.topic_alias {
+        out.extend_from_slice(&[prop::TOPIC_ALIAS]);
+        out.extend_from_slice(&a.get().to_be_bytes());
+    }
+    if let Some(c) = &p.correlation_data {
+        put_bytes(prop::CORRELATION_DATA, c, out)?;
+    }
+    if let Some(e) = p.message_expiry_interval {
+        out.extend_from_slice(&[prop::MESSAGE_EXPIRY]);
+        out.extend_from_slice(&e.get().to_be_bytes());
+    }
+    if let Some(c) = &p.content_type {
+        put_bytes(prop::CONTENT_TYPE, c.as_ref(), out)?;
+    }
+    if p.is_utf8_payload {
+        out.extend_from_slice(&[prop::UTF8_PAYLOAD, 1]);
+    }
+    if let Some(r) = &p.response_topic {
+        put_bytes(prop::RESPONSE_TOPIC, r.as_ref(), out)?;
+    }
+    for id in &p.subscription_ids {
+        out.extend_from_slice(&[prop::SUBSCRIPTION_ID]);
+        put_var_int(id.get(), out);
+    }
+    for (k, v) in &p.user_properties {
+        let len = u16::try_from(k.len()).map_err(|_| EncodeError::InvalidLength)?;
+        out.extend_from_slice(&[prop::USER]);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(k.as_bytes());
+        let len = u16::try_from(v.len()).map_err(|_| EncodeError::InvalidLength)?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    Ok(())
+}
+
 fn strip_problem_info(p: v5::Packet) -> v5::Packet {
     use v5::Packet as P;
     match p {
@@ -673,6 +872,100 @@ mod tests {
                     Some(Err(super::CodecError::TopicAliasZero)) => assert!(zero, "alias {alias}"),
                     Some(Ok(Some(super::Inbound::Packet(_)))) => assert!(!zero, "alias {alias}"),
                     other => panic!("alias {alias} step {step}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_publish_written_directly_has_the_bytes_rmqtt_codec_writes() {
+        use super::{OutPublish, Version, Writer};
+        use bytes::Bytes;
+        use bytestring::ByteString;
+        use rmqtt_codec::types::{Publish, QoS};
+        use rmqtt_codec::v5;
+        use std::num::{NonZeroU16, NonZeroU32};
+
+        let full = v5::PublishProperties {
+            topic_alias: NonZeroU16::new(7),
+            correlation_data: Some(Bytes::from_static(b"\x00\xffcorr")),
+            message_expiry_interval: NonZeroU32::new(90),
+            content_type: Some(ByteString::from("text/plain")),
+            user_properties: vec![
+                (ByteString::from("k"), ByteString::from("v")),
+                (ByteString::from("k"), ByteString::from("w\u{e9}")),
+            ],
+            is_utf8_payload: true,
+            response_topic: Some(ByteString::from("r/1")),
+            subscription_ids: vec![
+                NonZeroU32::new(1).expect("1"),
+                NonZeroU32::new(300_000).expect("n"),
+            ],
+        };
+        let big = [b'x'; 200];
+        for version in [Version::V311, Version::V5] {
+            for props in [
+                None,
+                Some(v5::PublishProperties::default()),
+                Some(full.clone()),
+            ] {
+                for (qos, id) in [
+                    (QoS::AtMostOnce, None),
+                    (QoS::AtLeastOnce, NonZeroU16::new(513)),
+                    (QoS::ExactlyOnce, NonZeroU16::new(1)),
+                ] {
+                    for key in [Some("a.b/c.d\u{e9}.x"), None] {
+                        for payload in [&b""[..], b"hello", &big[..]] {
+                            for (dup, retain, max) in [
+                                (false, true, 1 << 20),
+                                (true, false, 1 << 20),
+                                (false, false, 40),
+                            ] {
+                                let mut writer = Writer::new(version, max);
+                                let expected = {
+                                    let mut out = bytes::BytesMut::new();
+                                    let topic = key.map_or_else(ByteString::new, |k| {
+                                        ByteString::from(crate::mqtt::topic::key_to_topic(k))
+                                    });
+                                    let publish = Publish {
+                                        // MQTT-3.3.1-2: never DUP at QoS 0.
+                                        dup: dup && id.is_some(),
+                                        retain,
+                                        qos,
+                                        topic,
+                                        packet_id: id,
+                                        payload: Bytes::copy_from_slice(payload),
+                                        properties: props.clone(),
+                                    };
+                                    writer
+                                        .write(v5::Packet::Publish(Box::new(publish)), &mut out)
+                                        .map(|_| out)
+                                        .ok()
+                                };
+                                let mut out = bytes::BytesMut::from(&b"before"[..]);
+                                let p = OutPublish {
+                                    key,
+                                    qos,
+                                    dup,
+                                    retain,
+                                    packet_id: id,
+                                    properties: props.as_ref(),
+                                    payload,
+                                };
+                                let got = writer
+                                    .write_publish(&p, &mut out)
+                                    .map(|()| out.split_off(6))
+                                    .ok();
+                                assert_eq!(
+                                    got,
+                                    expected,
+                                    "{version:?} {qos:?} {key:?} {} {dup} {retain} {max} {props:?}",
+                                    payload.len()
+                                );
+                                writer.set_problem_info(false);
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -49,6 +49,7 @@ pub mod connection;
 pub mod deadlines;
 pub mod durable;
 pub mod error;
+pub mod inflight;
 pub mod properties;
 pub mod session;
 pub mod topic;

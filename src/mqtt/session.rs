@@ -21,8 +21,11 @@ use rmqtt_codec::v5::{
     RetainHandling, SubscribeAckReason, UnsubscribeAckReason,
 };
 
-use super::codec::{CONNACK_UNACCEPTABLE_PROTOCOL, CodecError, Inbound, Version, Writer};
+use super::codec::{
+    CONNACK_UNACCEPTABLE_PROTOCOL, CodecError, Inbound, OutPublish, Version, Writer,
+};
 use super::error::{Disconnect, from_codec, from_topic, publish_reason, subscribe_reason};
+use super::inflight::InFlight;
 use super::properties::{self, published_qos, published_retained};
 use super::topic::{self, ParsedFilter};
 use crate::core::binding_options::{EXCLUDE_RESERVED, TopicBinding};
@@ -128,14 +131,15 @@ struct Pending {
     retain: bool,
     dup: bool,
     sub_ids: Vec<NonZeroU32>,
-    settle: Option<(Arc<Queue>, DeliveryId)>,
+    /// The consumer it came through, to settle with the client's ack.
+    settle: Option<(ConsumerId, DeliveryId)>,
 }
 
 /// A QoS 1 or 2 PUBLISH sent and not yet acknowledged.
 #[derive(Debug)]
 struct Outgoing {
     qos: QoS,
-    settle: Option<(Arc<Queue>, DeliveryId)>,
+    settle: Option<(ConsumerId, DeliveryId)>,
 }
 
 #[derive(Debug)]
@@ -184,15 +188,23 @@ struct Flows {
     consumers: IdMap<ConsumerId, ConsumerInfo>,
     /// Shared subscription (raw filter) -> its consumer.
     shared: HashMap<String, ConsumerId>,
+    /// Aliases given to the client, by routing key (the topic's
+    /// one-to-one image).
     aliases_out: HashMap<String, NonZeroU16>,
     aliases_in: IdMap<u16, ByteString>,
-    outbound: IdMap<u16, Outgoing>,
+    outbound: InFlight<Outgoing>,
     held: VecDeque<Pending>,
-    /// Deliveries to settle once this batch is done, per queue.
-    settles: Vec<(Arc<Queue>, DeliveryId, Settle)>,
-    /// Deliveries written this round, reported to their queues after the
-    /// write so their send windows reopen.
-    sent: IdMap<ConsumerId, (Arc<Queue>, u32)>,
+    /// Deliveries to settle once this batch is done, by the consumer
+    /// they came through (its queue is in `consumers` until the session
+    /// ends): no queue handle is cloned per delivery.
+    settles: Vec<(ConsumerId, DeliveryId, Settle)>,
+    /// Deliveries for a consumer this session does not know, to requeue.
+    strays: Vec<(Arc<Queue>, DeliveryId)>,
+    /// Ids of one queue's settlement, reused from batch to batch.
+    settle_ids: Vec<DeliveryId>,
+    /// Deliveries written this round per consumer, reported to their
+    /// queues after the write so their send windows reopen.
+    sent: Vec<(ConsumerId, u32)>,
     /// PUBACKs and PUBRECs waiting for the journal, in arrival order
     /// (MQTT-4.6.0-2): each with the position that must be durable first.
     held_acks: VecDeque<(LogPosition, v5::Packet)>,
@@ -350,8 +362,8 @@ impl Session {
             .inc();
     }
 
-    fn settle_later(&mut self, queue: Arc<Queue>, id: DeliveryId, how: Settle) {
-        self.flows().settles.push((queue, id, how));
+    fn settle_later(&mut self, consumer: ConsumerId, id: DeliveryId, how: Settle) {
+        self.flows().settles.push((consumer, id, how));
     }
 
     fn persist(&self) -> MutexGuard<'_, Persistent> {
@@ -793,7 +805,7 @@ impl Session {
                 let acked = self
                     .flows
                     .as_mut()
-                    .and_then(|f| f.outbound.remove(&a.packet_id.get()));
+                    .and_then(|f| f.outbound.remove(a.packet_id.get()));
                 if let Some(o) = acked {
                     self.count_acknowledged();
                     if let Some((q, id)) = o.settle {
@@ -805,7 +817,7 @@ impl Session {
             }
             P::PublishReceived(a) => {
                 let id = a.packet_id.get();
-                let received = self.flows.as_mut().and_then(|f| f.outbound.remove(&id));
+                let received = self.flows.as_mut().and_then(|f| f.outbound.remove(id));
                 if let Some(o) = received {
                     self.count_acknowledged();
                     if let Some((q, did)) = o.settle {
@@ -1410,17 +1422,16 @@ impl Session {
         let flows = self.flows();
         let Some(info) = flows.consumers.get(&d.consumer) else {
             // Not ours: give it back.
-            flows.settles.push((d.queue, d.id, Settle::Requeue));
+            flows.strays.push((d.queue, d.id));
             return;
         };
         let manual = info.manual;
         let shared = info.shared.clone();
-        let entry = flows
-            .sent
-            .entry(d.consumer)
-            .or_insert_with(|| (d.queue.clone(), 0));
-        entry.1 += 1;
-        let settle = manual.then(|| (d.queue.clone(), d.id));
+        match flows.sent.iter_mut().find(|(c, _)| *c == d.consumer) {
+            Some((_, n)) => *n += 1,
+            None => flows.sent.push((d.consumer, 1)),
+        }
+        let settle = manual.then_some((d.consumer, d.id));
         if self.stage != Stage::Open {
             if let Some((q, id)) = settle {
                 self.settle_later(q, id, Settle::Requeue);
@@ -1514,13 +1525,13 @@ impl Session {
     }
 
     fn alloc_packet_id(&mut self) -> NonZeroU16 {
+        self.flows().outbound.reserve_one();
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            let in_use = self
-                .flows
-                .as_ref()
-                .is_some_and(|f| f.outbound.contains_key(&id));
+            // An id whose slot is taken waits for a later round: any
+            // free id will do.
+            let in_use = self.flows.as_ref().is_some_and(|f| !f.outbound.is_free(id));
             if !in_use && !self.persist().released.contains(&id) {
                 return NonZeroU16::new(id).expect("ids start at 1");
             }
@@ -1539,8 +1550,8 @@ impl Session {
         if p.dup {
             mqtt.redelivered.inc();
         }
-        let full_topic = topic::key_to_topic(p.message.routing_key().as_str());
-        let mut topic = ByteString::from(full_topic.as_str());
+        let key = p.message.routing_key().as_str();
+        let mut send_topic = true;
         let mut new_alias = None;
         let props = if self.v5() {
             let mut props = properties::to_mqtt(&p.message);
@@ -1548,9 +1559,9 @@ impl Session {
             if self.client_alias_max > 0 {
                 let client_alias_max = usize::from(self.client_alias_max);
                 let aliases = &self.flows().aliases_out;
-                if let Some(&alias) = aliases.get(&full_topic) {
+                if let Some(&alias) = aliases.get(key) {
                     props.topic_alias = Some(alias);
-                    topic = ByteString::new();
+                    send_topic = false;
                 } else if aliases.len() < client_alias_max {
                     let alias =
                         NonZeroU16::new(aliases.len() as u16 + 1).expect("aliases start at 1");
@@ -1563,18 +1574,18 @@ impl Session {
             None
         };
         let packet_id = (p.qos != QoS::AtMostOnce).then(|| self.alloc_packet_id());
-        let publish = Publish {
-            dup: p.dup && packet_id.is_some(),
-            retain: p.retain,
+        let publish = OutPublish {
+            key: send_topic.then_some(key),
             qos: p.qos,
-            topic,
+            dup: p.dup,
+            retain: p.retain,
             packet_id,
-            payload: p.message.body().clone(),
-            properties: props,
+            properties: props.as_ref(),
+            payload: p.message.body(),
         };
-        let written = match &mut self.writer {
-            Some(w) => w.write(v5::Packet::Publish(Box::new(publish)), out),
-            None => Ok(false),
+        let written = match &self.writer {
+            Some(w) => w.write_publish(&publish, out),
+            None => Ok(()),
         };
         if let Err(e) = written {
             // Over the client's Maximum Packet Size: discarded as if sent
@@ -1586,7 +1597,7 @@ impl Session {
             return;
         }
         if let Some(alias) = new_alias {
-            self.flows().aliases_out.insert(full_topic, alias);
+            self.flows().aliases_out.insert(key.to_owned(), alias);
         }
         match packet_id {
             Some(id) => {
@@ -1622,14 +1633,15 @@ impl Session {
                 ..LaneInfo::default()
             });
         }
-        if flows.settles.is_empty() {
+        if flows.settles.is_empty() && flows.strays.is_empty() {
             return;
         }
         let Some(vhost) = &self.vhost else {
             flows.settles.clear();
+            flows.strays.clear();
             return;
         };
-        settle_grouped(vhost, std::mem::take(&mut flows.settles));
+        flows.settle(vhost);
     }
 
     /// After the write buffer reached the socket: reopen the consumers'
@@ -1638,11 +1650,10 @@ impl Session {
         let Some(flows) = &mut self.flows else {
             return;
         };
-        for (consumer, (queue, n)) in flows.sent.drain() {
-            let after = queue.sent(consumer, n);
-            if let Some(v) = &self.vhost {
-                v.settle_aftermath(&queue, after);
-            }
+        if let Some(v) = &self.vhost {
+            flows.report_sent(v);
+        } else {
+            flows.sent.clear();
         }
     }
 
@@ -1659,13 +1670,10 @@ impl Session {
         // detach would hand those deliveries straight back to the consumer
         // being detached, and a resumed session would never see them.
         if let Some(mut flows) = self.flows.take() {
-            settle_grouped(&vhost, std::mem::take(&mut flows.settles));
+            flows.settle(&vhost);
             flows.outbound.clear();
             flows.held.clear();
-            for (consumer, (queue, n)) in flows.sent.drain() {
-                let after = queue.sent(consumer, n);
-                vhost.settle_aftermath(&queue, after);
-            }
+            flows.report_sent(&vhost);
             // A consumer already cancelled (an UNSUBSCRIBE, a switch to
             // manual acks) may still have deliveries outstanding: those too.
             for (id, info) in flows.consumers.drain() {
@@ -1786,20 +1794,39 @@ fn binding_to(queue: QueueName, key: &str) -> BindingSpec {
     }
 }
 
-fn settle_grouped(vhost: &Arc<VHost>, settles: Vec<(Arc<Queue>, DeliveryId, Settle)>) {
-    let mut groups: Vec<(Arc<Queue>, Settle, Vec<DeliveryId>)> = Vec::new();
-    for (q, id, how) in settles {
-        match groups
-            .iter_mut()
-            .find(|(gq, gh, _)| *gh == how && Arc::ptr_eq(gq, &q))
-        {
-            Some((_, _, ids)) => ids.push(id),
-            None => groups.push((q, how, vec![id])),
+impl Flows {
+    /// Settles what this batch decided: per consumer and kind, in the
+    /// order first seen, one queue lock each.
+    fn settle(&mut self, vhost: &Arc<VHost>) {
+        for (queue, id) in self.strays.drain(..) {
+            let after = queue.settle(&[id], Settle::Requeue);
+            vhost.settle_aftermath(&queue, after);
+        }
+        while let Some(&(consumer, _, how)) = self.settles.first() {
+            let ids = &mut self.settle_ids;
+            ids.clear();
+            self.settles.retain(|&(c, id, h)| {
+                let same = c == consumer && h == how;
+                if same {
+                    ids.push(id);
+                }
+                !same
+            });
+            if let Some(info) = self.consumers.get(&consumer) {
+                let after = info.queue.settle(ids, how);
+                vhost.settle_aftermath(&info.queue, after);
+            }
         }
     }
-    for (q, how, ids) in groups {
-        let after = q.settle(&ids, how);
-        vhost.settle_aftermath(&q, after);
+
+    /// Reports the deliveries written to their queues.
+    fn report_sent(&mut self, vhost: &Arc<VHost>) {
+        for (consumer, n) in self.sent.drain(..) {
+            if let Some(info) = self.consumers.get(&consumer) {
+                let after = info.queue.sent(consumer, n);
+                vhost.settle_aftermath(&info.queue, after);
+            }
+        }
     }
 }
 

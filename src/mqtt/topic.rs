@@ -27,13 +27,18 @@ pub enum TopicError {
 
 /// Swaps `/` and `.`: an MQTT topic as a routing key, or a routing key as a topic.
 pub fn swap_separators(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '/' => '.',
-            '.' => '/',
+    // Byte-wise into one allocation of the right size (collecting chars
+    // grew the string as it went): both separators are ASCII, and no byte
+    // of a multi-byte UTF-8 sequence is ASCII.
+    let mut out = s.to_owned().into_bytes();
+    for b in &mut out {
+        *b = match *b {
+            b'/' => b'.',
+            b'.' => b'/',
             other => other,
-        })
-        .collect()
+        };
+    }
+    String::from_utf8(out).unwrap_or_else(|_| unreachable!("ASCII swapped for ASCII"))
 }
 
 /// The routing key for a topic name a client publishes to.
