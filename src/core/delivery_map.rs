@@ -146,6 +146,18 @@ impl<V> DeliveryMap<V> {
     }
 }
 
+/// A small deterministic generator (xorshift) for the model tests of
+/// id-indexed tables, here and in `mqtt::inflight`.
+#[cfg(test)]
+pub(crate) fn test_rng(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::DeliveryMap;
@@ -157,13 +169,7 @@ mod tests {
         let mut m = DeliveryMap::default();
         let mut model = BTreeMap::new();
         let mut next = 1u64;
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut rand = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rand = super::test_rng(0x2545_f491_4f6c_dd1d);
         // Two deliveries kept unsettled for most of the run, so later ids
         // land on their slots again and again.
         for id in [next, next + 1] {
@@ -188,7 +194,7 @@ mod tests {
                     let Some(&oldest) = model.keys().find(|&&k| k > 2 || round > 250_000) else {
                         continue;
                     };
-                    let id = if rand() % 5 == 0 {
+                    let id = if rand().is_multiple_of(5) {
                         // Out of order: somewhere among the newer ones.
                         oldest + rand() % 64
                     } else {

@@ -125,15 +125,9 @@ mod tests {
         let mut next: u16 = 1;
         // A small deterministic generator: bursts, acks in and out of order,
         // one id left unacknowledged for a long time.
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut rand = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rand = crate::core::delivery_map::test_rng(0x9e37_79b9_7f4a_7c15);
         for round in 0..200_000u32 {
-            if rand() % 3 != 0 || model.is_empty() {
+            if !rand().is_multiple_of(3) || model.is_empty() {
                 t.reserve_one();
                 while next == 0 || !t.is_free(next) {
                     next = next.wrapping_add(1);
@@ -144,7 +138,7 @@ mod tests {
                 next = next.wrapping_add(1);
             } else {
                 let keys: Vec<u16> = model.keys().copied().collect();
-                let id = if rand() % 4 == 0 {
+                let id = if rand().is_multiple_of(4) {
                     keys[rand() as usize % keys.len()]
                 } else {
                     *keys.iter().min().expect("not empty")
