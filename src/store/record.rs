@@ -68,6 +68,9 @@ impl Definitions {
     /// Applies a metadata change; message changes are ignored.
     pub fn apply(&mut self, vhost: &VHostName, change: &Change) {
         match change {
+            // Message records, most of the journal, change no definition:
+            // their queue's declaration already made the vhost's entry.
+            Change::Enqueued { .. } | Change::Delivered { .. } | Change::Removed { .. } => return,
             Change::UserPut(user) if vhost.as_str() == BROKER_WIDE => {
                 self.users.insert(user.name.clone(), Some(user.clone()));
                 return;
