@@ -15,12 +15,10 @@ use super::codec::AmqpCodec;
 use super::error::CONNECTION_FORCED;
 use super::session::{FRAME_MAX, Session};
 use crate::core::Broker;
-use crate::core::event_channel::yield_to_receivers;
+use crate::core::event_channel::PublishPacer;
 
 /// Events taken from the connection's channel per wake-up.
 const EVENT_BATCH: usize = 512;
-/// Publishes handled between two yields to the consumers they reached.
-const PUBLISHES_PER_YIELD: u32 = 64;
 /// Stop reading while this much output waits for a slow client, so a
 /// publisher that never reads its confirms cannot grow our buffers.
 const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
@@ -177,11 +175,7 @@ where
 /// Decodes and handles every complete frame in `rbuf`, stopping early when
 /// the session holds a publisher back. Returns false when the input is
 /// unusable and the connection must end.
-///
-/// Every `PUBLISHES_PER_YIELD` publishes, and after the last, it lets the
-/// consumers they reached run (`yield_to_receivers`): one read of small
-/// messages holds hundreds. A read of acks only wakes this connection,
-/// which then writes the deliveries they freed before anything else runs.
+/// The consumers its publishes reach get to run as it goes (`PublishPacer`).
 async fn drain_frames(
     codec: &mut AmqpCodec,
     rbuf: &mut BytesMut,
@@ -190,19 +184,16 @@ async fn drain_frames(
     peer: SocketAddr,
 ) -> bool {
     let mut ok = true;
-    let mut published = 0;
+    let mut pacer = PublishPacer::default();
     while !session.is_held() && !session.is_done() {
         match codec.decode(rbuf) {
             Ok(Some(frame)) => {
                 // Only a publish carries a content header from a client.
-                if matches!(frame, super::codec::Inbound::Header(..)) {
-                    published += 1;
-                }
+                let publish = matches!(frame, super::codec::Inbound::Header(..));
                 session.on_frame(frame, wbuf);
                 codec.set_frame_max(session.frame_max());
-                if published == PUBLISHES_PER_YIELD {
-                    published = 0;
-                    yield_to_receivers().await;
+                if publish {
+                    pacer.published().await;
                 }
             }
             Ok(None) => break,
@@ -216,8 +207,6 @@ async fn drain_frames(
         }
     }
     session.flush_confirms(wbuf);
-    if published > 0 {
-        yield_to_receivers().await;
-    }
+    pacer.done().await;
     ok
 }

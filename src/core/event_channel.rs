@@ -72,17 +72,43 @@ pub fn channel() -> (EventSink, EventStream) {
     )
 }
 
-/// Lets the connections that a batch of sends just woke run now.
+/// Publishes a connection handles between two yields to the consumers
+/// they reached.
+const PUBLISHES_PER_YIELD: u32 = 64;
+
+/// Lets the connections that a connection's publishes woke run soon.
 ///
 /// Tokio keeps the task woken last in the sending worker's LIFO slot, which
 /// no idle worker may steal: it runs only once the sender's task yields. A
-/// connection task that reads a socket buffer of publishes and then reads
+/// connection task that handles a socket buffer of publishes and then reads
 /// again would hold its consumers back until its socket ran dry (up to 128
 /// reads per poll); a publisher then outruns its consumers and the
-/// backlog's age becomes their latency. Connection tasks call this every
-/// few dozen publishes they handle, and after a read's last.
-pub async fn yield_to_receivers() {
-    tokio::task::yield_now().await;
+/// backlog's age becomes their latency. A connection counts each publish
+/// it handles from a read here, which yields every `PUBLISHES_PER_YIELD`
+/// of them and once more when the read is done. Input with no publish
+/// (a consumer's acks) never yields: it woke only its own connection,
+/// which then writes the deliveries they freed before anything else runs.
+#[derive(Debug, Default)]
+pub struct PublishPacer {
+    since_yield: u32,
+}
+
+impl PublishPacer {
+    /// One publish handled.
+    pub async fn published(&mut self) {
+        self.since_yield += 1;
+        if self.since_yield == PUBLISHES_PER_YIELD {
+            self.since_yield = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The read's input is handled.
+    pub async fn done(self) {
+        if self.since_yield > 0 {
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 impl EventSink {

@@ -17,12 +17,10 @@ use super::codec::{Command, Item, StompCodec};
 use super::session::{Session, Settings};
 use crate::core::Broker;
 use crate::core::alarm::Alarms;
-use crate::core::event_channel::yield_to_receivers;
+use crate::core::event_channel::PublishPacer;
 
 /// Events taken from the connection's channel per wake-up.
 const EVENT_BATCH: usize = 512;
-/// SENDs handled between two yields to the consumers they reached.
-const SENDS_PER_YIELD: u32 = 64;
 /// Stop reading while this much output waits for a slow client, so a
 /// publisher that never reads its receipts cannot grow our buffers.
 const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
@@ -203,8 +201,8 @@ where
 
 /// Decodes and handles the frames in `rbuf` (`at_eof`: no more will come).
 /// Returns true when a SEND was handled during a resource alarm: the rest
-/// waits in `rbuf`. Every `SENDS_PER_YIELD` SENDs, and after the last, it
-/// lets the consumers they reached run (`yield_to_receivers`).
+/// waits in `rbuf`. The consumers its SENDs reach get to run as it goes
+/// (`PublishPacer`).
 async fn decode_input(
     codec: &mut StompCodec,
     rbuf: &mut BytesMut,
@@ -214,7 +212,7 @@ async fn decode_input(
     alarms: Option<&watch::Receiver<Alarms>>,
     peer: SocketAddr,
 ) -> bool {
-    let mut sent = 0;
+    let mut pacer = PublishPacer::default();
     let held = loop {
         let decoded = if at_eof {
             codec.decode_eof(rbuf)
@@ -233,11 +231,7 @@ async fn decode_input(
                     break true;
                 }
                 if send {
-                    sent += 1;
-                    if sent == SENDS_PER_YIELD {
-                        sent = 0;
-                        yield_to_receivers().await;
-                    }
+                    pacer.published().await;
                 }
             }
             Ok(Some(Item::Heartbeat)) => {}
@@ -251,8 +245,6 @@ async fn decode_input(
             }
         }
     };
-    if sent > 0 {
-        yield_to_receivers().await;
-    }
+    pacer.done().await;
     held
 }

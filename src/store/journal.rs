@@ -335,7 +335,6 @@ impl ChangeLog for Journal {
     }
 
     fn read(&self, segment: LogPosition, offset: u64) -> Option<Change> {
-        use std::os::unix::fs::FileExt;
         let file = {
             let mut files = self.shared.files.lock().unwrap_or_else(|p| p.into_inner());
             match files.get(&segment) {
@@ -348,18 +347,7 @@ impl ChangeLog for Journal {
                 }
             }
         };
-        let mut head = [0u8; 4];
-        file.read_exact_at(&mut head, offset).ok()?;
-        let len = u32::from_le_bytes(head) as usize;
-        if len > record::MAX_RECORD {
-            return None;
-        }
-        let mut buf = vec![0u8; 8 + len];
-        file.read_exact_at(&mut buf, offset).ok()?;
-        match record::decode(&buf) {
-            Ok((_, record::Entry::Change(_, change), _)) => Some(change),
-            _ => None,
-        }
+        read_change_at(&file, offset)
     }
 
     fn memory_window(&self) -> MemoryWindow {
@@ -383,6 +371,24 @@ impl ChangeLog for Journal {
 
     fn close(&self) {
         self.shutdown();
+    }
+}
+
+/// Reads the change recorded at `offset` of a segment file: a paged-out
+/// message, or a recovered one whose body comes back into memory.
+pub fn read_change_at(file: &File, offset: u64) -> Option<Change> {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 4];
+    file.read_exact_at(&mut head, offset).ok()?;
+    let len = u32::from_le_bytes(head) as usize;
+    if len > record::MAX_RECORD {
+        return None;
+    }
+    let mut buf = vec![0u8; 8 + len];
+    file.read_exact_at(&mut buf, offset).ok()?;
+    match record::decode(&buf) {
+        Ok((_, record::Entry::Change(_, change), _)) => Some(change),
+        _ => None,
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::journal::segment_path;
+use super::journal::{read_change_at, segment_path};
 use super::record::{self, Definitions, Entry, RecordError};
 use crate::core::change::{Change, LogPosition, Logged, MemoryWindow};
 use crate::core::queue::Restored;
@@ -147,7 +147,7 @@ pub fn recover(dir: &Path, window: MemoryWindow) -> Result<Recovered, RecoveryEr
 /// record, before the removals that follow it: a queue whose head was
 /// acknowledged before the restart would have its window's bodies on disk
 /// only, and drain its backlog one read per message. Their bodies are read
-/// back here, one segment at a time.
+/// back here, each from where its record is.
 fn load_window_bodies(dir: &Path, out: &mut Recovered) -> std::io::Result<()> {
     let mut wanted: BTreeMap<LogPosition, Vec<(u64, u64)>> = BTreeMap::new();
     for (&queue, messages) in &out.messages {
@@ -167,14 +167,13 @@ fn load_window_bodies(dir: &Path, out: &mut Recovered) -> std::io::Result<()> {
         }
     }
     for (segment, messages) in wanted {
-        let data = fs::read(segment_path(dir, segment))?;
+        let file = fs::File::open(segment_path(dir, segment))?;
         for (queue, id) in messages {
             let Some(live) = out.messages.get_mut(&queue).and_then(|q| q.get_mut(&id)) else {
                 continue;
             };
-            let at = live.logged.offset as usize;
-            if let Some(Ok((_, Entry::Change(_, Change::Enqueued { message, .. }), _))) =
-                data.get(at..).map(record::decode)
+            if let Some(Change::Enqueued { message, .. }) =
+                read_change_at(&file, live.logged.offset)
             {
                 live.message = Some(message);
             }
