@@ -8,7 +8,8 @@
 #   FERRYMQ_ADDR=127.0.0.1:5672 FERRYMQ_PID=1234 scripts/bench-amqp.sh
 #
 # Extra arguments go to the bench (e.g. --scenario NAME, repeatable).
-# Environment: MESSAGES (200000), BENCH_SECONDS (30, publishing cap per
+# Environment: MESSAGES (200000), RUNS (3 runs of each scenario per broker;
+# the table shows their medians), BENCH_SECONDS (30, publishing cap per
 # scenario), RABBIT_PORT (26672), FERRYMQ_PORT (26772), FERRYMQ_ADDR and
 # FERRYMQ_PID for a ferrymq that is already running, KEEP_TMP=1 to keep logs,
 # QUIET_WAIT=SECONDS to wait (at most that long) before each broker's run
@@ -101,6 +102,7 @@ for scenario in "${SCENARIOS[@]}"; do
 done
 
 # --- one table -------------------------------------------------------------
+# Each broker's runs of a scenario count as their median (median_rows).
 # Bench rows: | broker | scenario | messages | msg/s delivered | msg/s published
 #             | p50 | p99 | peak RSS MiB | broker CPU µs/msg |
 awk -F'|' '
@@ -124,5 +126,6 @@ awk -F'|' '
             printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s, rr[s], cell(fr[s]), ratio(fr[s], rr[s]), rl[s], cell(fl[s]), rm[s], cell(fm[s]), rc[s], cell(fc[s])
         }
     }
-' "$TMP/rabbit.md" "$TMP/ferrymq.md"
+' <(median_rows "$TMP/rabbit.md") <(median_rows "$TMP/ferrymq.md")
 load_note "$TMP/rabbit.md" "$TMP/ferrymq.md"
+runs_note "$TMP/rabbit.md" "$TMP/ferrymq.md"

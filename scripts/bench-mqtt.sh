@@ -9,8 +9,9 @@
 #   SKIP=rumqttd,rabbitmq scripts/bench-mqtt.sh
 #
 # Extra arguments go to the bench (e.g. --scenario NAME, repeatable).
-# Environment: MESSAGES (200000 per scenario), BENCH_SECONDS (30, publishing
-# cap per scenario), BENCH_TIMEOUT (900 s, one broker's whole run),
+# Environment: MESSAGES (200000 per scenario), RUNS (3 runs per broker;
+# the tables show medians), BENCH_SECONDS (30, publishing
+# cap per scenario), BENCH_TIMEOUT (900 s, one run of the bench),
 # FERRYMQ_PORT (27883 MQTT; AMQP on 27872), MOSQUITTO_PORT (27884),
 # RABBIT_PORT (27672 AMQP; MQTT on RABBIT_PORT+1), RUMQTTD_PORT (27885),
 # RUMQTTD_BIN (rumqttd, else /tmp/ferrymq-rumqttd/bin/rumqttd, built there
@@ -182,4 +183,5 @@ fi
 compare_tables "ferrymq:ferrymq,mosquitto:Mosquitto,rabbitmq:RabbitMQ,rumqttd:rumqttd" \
     "$TMP/ferrymq.md" "$TMP/mosquitto.md" "$TMP/rabbitmq.md" "$TMP/rumqttd.md"
 load_note "$TMP/ferrymq.md" "$TMP/mosquitto.md" "$TMP/rabbitmq.md" "$TMP/rumqttd.md"
+runs_note "$TMP/ferrymq.md" "$TMP/mosquitto.md" "$TMP/rabbitmq.md" "$TMP/rumqttd.md"
 [[ -z "$RUMQTTD_NOTE" ]] || printf '\n%s\n' "$RUMQTTD_NOTE"

@@ -8,8 +8,8 @@
 #   MESSAGES=50000 scripts/bench-stomp.sh --scenario stomp-auto-16b
 #
 # Extra arguments go to the bench (e.g. --scenario NAME, repeatable).
-# Environment: MESSAGES (200000), BENCH_SECONDS (30, publishing cap per
-# scenario), WARMUP (20000 messages per scenario first, unreported: the JVM
+# Environment: MESSAGES (200000), RUNS (3 runs per broker; the table shows
+# medians), BENCH_SECONDS (30, publishing cap per scenario), WARMUP (20000 messages per scenario first, unreported: the JVM
 # compiles ActiveMQ's hot paths during its first run), RABBIT_PORT (45672,
 # AMQP; STOMP on RABBIT_PORT+1), ACTIVEMQ_PORT (46613), FERRYMQ_PORT
 # (46713), KEEP_TMP=1 to keep logs, QUIET_WAIT=SECONDS to wait (at most that
@@ -150,5 +150,6 @@ awk -F'|' '
                 cell(lat["rabbitmq", s]), cell(lat["activemq", s]), cell(lat["ferrymq", s])
         }
     }
-' "$TMP/rabbitmq.md" "$TMP/activemq.md" "$TMP/ferrymq.md"
+' <(median_rows "$TMP/rabbitmq.md" "$TMP/activemq.md" "$TMP/ferrymq.md")
 load_note "$TMP/rabbitmq.md" "$TMP/activemq.md" "$TMP/ferrymq.md"
+runs_note "$TMP/rabbitmq.md" "$TMP/activemq.md" "$TMP/ferrymq.md"

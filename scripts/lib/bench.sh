@@ -146,19 +146,83 @@ build_release() {
     BENCH=(target/release/ferrymq bench)
 }
 
-# bench_run LABEL PID ARGS...: waits for quiet (QUIET_WAIT), runs the bench
-# with --label, --markdown, --messages, --seconds and --broker-pid added,
-# bounded by BENCH_TIMEOUT. Markdown rows go to stdout.
+# bench_run LABEL PID ARGS...: RUNS times (3), waits for quiet
+# (QUIET_WAIT) and runs the bench with --label, --markdown, --messages,
+# --seconds and --broker-pid added, each run bounded by BENCH_TIMEOUT.
+# Every run's markdown rows go to stdout; median_rows makes one of them.
 bench_run() {
     local label=$1 pid=$2; shift 2
-    wait_quiet
-    say "$label: load average before the run $(load1)"
-    local pid_args=()
+    local pid_args=() run
     [[ -n "$pid" ]] && pid_args=(--broker-pid "$pid")
-    timeout "$BENCH_TIMEOUT" "${BENCH[@]}" --label "$label" --markdown \
-        --messages "$MESSAGES" --seconds "$BENCH_SECONDS" "${pid_args[@]}" "$@" \
-        || say "$label: the bench reported failures (rows say which) or timed out"
-    say "$label: load average after the run $(load1)"
+    for ((run = 1; run <= ${RUNS:-3}; run++)); do
+        wait_quiet
+        say "$label: run $run of ${RUNS:-3}, load average before it $(load1)"
+        timeout "$BENCH_TIMEOUT" "${BENCH[@]}" --label "$label" --markdown \
+            --messages "$MESSAGES" --seconds "$BENCH_SECONDS" "${pid_args[@]}" "$@" \
+            || say "$label: the bench reported failures (rows say which) or timed out"
+    done
+    say "$label: load average after its runs $(load1)"
+}
+
+# median_rows FILE...: one bench row per broker and scenario from rows of
+# several runs, so one unlucky run on a shared machine does not decide a
+# table. Each figure is the median of the runs that completed, except peak
+# RSS, lost messages and load, which take the worst run. A scenario that
+# failed in every run keeps its first failed row.
+median_rows() {
+    awk -F'|' '
+        function trim(s) { gsub(/^ +| +$/, "", s); return s }
+        function num(v) { return v ~ /^[0-9.]+$/ }
+        function median(k, c,    n, i, j, t, v) {
+            n = 0
+            for (i = 1; i <= runs[k]; i++) if (num(val[k, i, c])) v[++n] = val[k, i, c] + 0
+            if (n == 0) return val[k, 1, c]
+            for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+            return (c == 9 || c == 13 || c == 14) ? v[n] : v[int((n + 1) / 2)]
+        }
+        $2 ~ /broker/ || $2 ~ /---/ || NF < 4 { next }
+        {
+            k = trim($2) SUBSEP trim($3)
+            if (!(k in runs)) { order[++m] = k; failed[k] = $0 }
+            if (trim($4) ~ /^failed/) next
+            i = ++runs[k]
+            width[k] = NF
+            for (c = 2; c < NF; c++) val[k, i, c] = trim($c)
+        }
+        END {
+            for (j = 1; j <= m; j++) {
+                k = order[j]
+                if (!runs[k]) { print failed[k]; continue }
+                line = "|"
+                for (c = 2; c < width[k]; c++) {
+                    x = median(k, c)
+                    if (num(x) && x ~ /\./) x = sprintf("%.2f", x)
+                    if (num(x) && (c == 4 || c == 5 || c == 6)) x = sprintf("%.0f", x)
+                    line = line " " x " |"
+                }
+                print line
+            }
+        }
+    ' "$@"
+}
+
+# runs_note FILE...: each broker's p99 in every run of every scenario,
+# beside the medians the tables show.
+runs_note() {
+    awk -F'|' '
+        function trim(s) { gsub(/^ +| +$/, "", s); return s }
+        $2 ~ /broker/ || $2 ~ /---/ || NF < 10 || trim($4) ~ /^failed/ { next }
+        {
+            k = trim($2) ": " trim($3)
+            if (!(k in p99)) { order[++m] = k; p99[k] = trim($8) } else p99[k] = p99[k] ", " trim($8)
+            runs[k]++
+        }
+        END {
+            if (m == 0) exit
+            print "\np99 ms of each run (the tables show medians):"
+            for (j = 1; j <= m; j++) print "- " order[j] ": " p99[order[j]]
+        }
+    ' "$@"
 }
 
 bench_cleanup() {
@@ -194,7 +258,7 @@ load_note() {
 }
 
 # compare_tables BROKERS FILE...: two markdown tables from the bench rows in
-# FILE... (any order). BROKERS is "label:Title,label:Title,…", ours first.
+# FILE... (any order; several runs of a scenario count as their median). BROKERS is "label:Title,label:Title,…", ours first.
 # The first table holds delivered msg/s per broker, our ratio to the
 # fastest of the others and the copies lost; the second, latency
 # (end to end, and publish to confirm/PUBACK where measured) and peak RSS.
@@ -258,5 +322,5 @@ compare_tables() {
             }
         }
         function join_titles(   t, i) { t = title[1]; for (i = 2; i <= n; i++) t = t " / " title[i]; return t }
-    ' "$@"
+    ' <(median_rows "$@")
 }
