@@ -35,6 +35,9 @@ use super::stats::Stats;
 /// window fills, the queue keeps the rest.
 pub const SEND_WINDOW: u32 = 1024;
 
+/// `Delivered` records a queue keeps room for between dispatches.
+const MAX_KEPT_DELIVERED_LOG: usize = 128;
+
 /// What to do when a queue is full (`x-overflow`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Overflow {
@@ -382,6 +385,9 @@ struct State {
     /// Journalled messages beyond the in-memory window whose bodies go to
     /// disk once durable, oldest first.
     to_page: std::collections::VecDeque<ReadyKey>,
+    /// `Delivered` records of one dispatch, journalled together when it
+    /// ends (before the lock is let go, so ahead of any removal).
+    delivered_log: Vec<Change>,
 }
 
 /// One queue. Shared as `Arc<Queue>` by the vhost, the routes snapshot and
@@ -479,6 +485,7 @@ impl Queue {
                 had_consumers: false,
                 last_used: Instant::now(),
                 to_page: std::collections::VecDeque::new(),
+                delivered_log: Vec::new(),
             }),
             stats,
             timer: Notify::new(),
@@ -526,11 +533,34 @@ impl Queue {
 
     /// Journals a hand-out, so a restart marks the message redelivered.
     fn log_delivered(&self, id: u64, entry: &Entry) {
-        if entry.logged.is_some() {
-            self.record(Change::Delivered {
-                queue: self.uid,
-                id,
-            });
+        if let Some(change) = self.delivered(id, entry) {
+            self.record(change);
+        }
+    }
+
+    /// The record of a journalled message handed out.
+    fn delivered(&self, id: u64, entry: &Entry) -> Option<Change> {
+        entry.logged?;
+        Some(Change::Delivered {
+            queue: self.uid,
+            id,
+        })
+    }
+
+    /// Journals the hand-outs `deliver_to` collected, in one pass through
+    /// the journal's lock: a consumer's ack frees a prefetch's worth of
+    /// deliveries at once, which took the lock and checked the writer once
+    /// per message.
+    fn log_delivered_batch(&self, st: &mut State) {
+        if let Some(log) = &self.log
+            && !st.delivered_log.is_empty()
+        {
+            log.log.record_all(&log.vhost, &mut st.delivered_log);
+            // Kept for the next batch, unless a large one would stay
+            // allocated on an idle queue.
+            if st.delivered_log.capacity() > MAX_KEPT_DELIVERED_LOG {
+                st.delivered_log = Vec::new();
+            }
         }
     }
 
@@ -784,6 +814,7 @@ impl Queue {
             && let Some(idx) = self.pick_consumer(st)
         {
             self.deliver_to(st, idx, key, entry);
+            self.log_delivered_batch(st);
             return;
         }
         if let Some(message) = entry.message {
@@ -815,6 +846,9 @@ impl Queue {
         Some(i)
     }
 
+    /// Hands one message out. Its `Delivered` record waits in
+    /// `st.delivered_log`: the caller journals it (`log_delivered_batch`)
+    /// before letting go of the lock.
     fn deliver_to(&self, st: &mut State, idx: usize, key: ReadyKey, mut entry: Entry) {
         let redelivered = entry.deliveries > 0;
         let delivery_count = entry.deliveries;
@@ -848,7 +882,9 @@ impl Queue {
             delivery_count,
         }));
         if manual_ack || settle_on_write {
-            self.log_delivered(key.1, &entry);
+            if let Some(change) = self.delivered(key.1, &entry) {
+                st.delivered_log.push(change);
+            }
             st.unacked.insert(
                 id,
                 Unacked {
@@ -866,6 +902,11 @@ impl Queue {
 
     /// Hands ready messages to consumers while any has credit.
     fn dispatch(&self, st: &mut State, dead: &mut Vec<DeadLetter>) {
+        self.dispatch_ready(st, dead);
+        self.log_delivered_batch(st);
+    }
+
+    fn dispatch_ready(&self, st: &mut State, dead: &mut Vec<DeadLetter>) {
         if st.consumers.is_empty() {
             return;
         }
