@@ -196,8 +196,9 @@ median_rows() {
                 line = "|"
                 for (c = 2; c < width[k]; c++) {
                     x = median(k, c)
-                    if (num(x) && x ~ /\./) x = sprintf("%.2f", x)
-                    if (num(x) && (c == 4 || c == 5 || c == 6)) x = sprintf("%.0f", x)
+                    # As the bench prints them: counts and rates whole, CPU
+                    # to a tenth, milliseconds and load to a hundredth.
+                    if (num(x)) x = sprintf(c <= 6 || c == 9 || c == 13 ? "%.0f" : c == 10 ? "%.1f" : "%.2f", x)
                     line = line " " x " |"
                 }
                 print line
