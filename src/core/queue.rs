@@ -709,9 +709,23 @@ impl Queue {
         }
         let key = (self.rank(message.properties().priority), st.next_seq);
         st.next_seq += 1;
-        st.ready_bytes += size;
         let logged = self.log_enqueued(key.1, &message);
         out.durable_at = logged.map(|l| l.seq);
+        if expires_at.is_none()
+            && st.ready.is_empty()
+            && self.args.max_length.is_none()
+            && self.args.max_length_bytes.is_none()
+            && let Some(idx) = self.pick_consumer(&mut st)
+        {
+            // Nothing waits ahead of it and a consumer has credit: straight
+            // to the consumer, as dispatch would, without a trip through
+            // the ready index. Queues whose consumers keep up take every
+            // message this way.
+            self.deliver_to(&mut st, idx, key, Entry::new(message, None, logged));
+            self.log_delivered_batch(&mut st);
+            return out;
+        }
+        st.ready_bytes += size;
         if let (Some(_), Some(log)) = (logged, &self.log)
             && !log
                 .log
