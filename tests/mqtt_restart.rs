@@ -203,6 +203,73 @@ async fn an_mqtt5_session_is_present_after_a_restart_and_still_expires_on_time()
     assert!(!ack.session_present, "the short session expired");
 }
 
+#[tokio::test]
+async fn a_will_waiting_out_its_delay_across_two_restarts_is_published_when_due() {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    const DELAY: u32 = 6;
+    let dir = fresh_dir();
+    let vanished;
+    {
+        let server = start_in(&dir).await;
+        let mut opts = v5_options(&server, "willer");
+        opts.set_clean_start(false);
+        opts.set_session_expiry_interval(Some(60));
+        let props = LastWillProperties {
+            delay_interval: Some(DELAY),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![],
+        };
+        opts.set_last_will(LastWill::new(
+            "wills/restart",
+            "late",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            true,
+            Some(props),
+        ));
+        let (mut c, _) = V5::connect(opts).await;
+        c.client
+            .subscribe_many(vec![Filter::new(
+                "jobs/#",
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            )])
+            .await
+            .expect("subscribe queued");
+        c.expect("SUBACK", |p| matches!(p, P5::SubAck(_)).then_some(()))
+            .await;
+        c.vanish();
+        vanished = std::time::Instant::now();
+        let vhost = server.broker.vhost("/").expect("vhost");
+        wait_until("the session to be parked", || {
+            vhost
+                .sessions()
+                .parked()
+                .iter()
+                .any(|(n, ..)| n == "willer")
+        })
+        .await;
+        // Shutting down waits for the connection's task, which records
+        // the will as it ends.
+        server.shutdown(Duration::from_secs(5)).await;
+    }
+    // A second run: its first segment carries the will on, and the
+    // segment that recorded it is let go.
+    start_in(&dir).await.shutdown(Duration::from_secs(5)).await;
+    let server = start_in(&dir).await;
+    let vhost = server.broker.vhost("/").expect("vhost");
+    wait_until("the will, due after its delay, to be published", || {
+        vhost.retained().get("wills.restart").is_some()
+    })
+    .await;
+    assert!(
+        vanished.elapsed() >= Duration::from_millis(u64::from(DELAY) * 1000 - 100),
+        "published when due, not as soon as it was recovered"
+    );
+}
+
 /// One MQTT 5 client on a raw socket, so it can stop between PUBREC and
 /// PUBREL.
 struct Raw {

@@ -151,6 +151,25 @@ pub enum Change {
         /// The user.
         user: String,
     },
+    /// A stored session's will waits out its delay (`Some`), or no longer
+    /// does (`None`: published, or its client came back). Last among the
+    /// variants: records are numbered by variant, so older journals still
+    /// read.
+    SessionWill {
+        /// The session's name.
+        name: String,
+        /// The will and when it is due.
+        will: Option<PendingWill>,
+    },
+}
+
+/// A will to publish at a time, unless its session is resumed first.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PendingWill {
+    /// When, in milliseconds since the Unix epoch.
+    pub due_ms: u64,
+    /// The message, for amq.topic.
+    pub message: Message,
 }
 
 /// How much of a queue's backlog keeps its bodies in memory. Beyond the

@@ -49,7 +49,7 @@ impl std::fmt::Debug for Entry {
 }
 
 /// What the journal keeps of a session that outlives its connection.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct StoredSession {
     /// Seconds it outlives its connection; `u32::MAX` is forever.
     pub expiry_secs: u32,
@@ -60,6 +60,12 @@ pub struct StoredSession {
     pub inbound: BTreeSet<u16>,
     /// Outbound ids of unfinished exchanges.
     pub outbound: BTreeSet<u16>,
+    /// Its will, waiting out its delay (Change::SessionWill). Not part of
+    /// a checkpoint's encoding, which older journals share: the journal
+    /// writes it as a record after each checkpoint instead
+    /// (`Definitions::trailer`).
+    #[serde(skip)]
+    pub will: Option<super::change::PendingWill>,
 }
 
 /// What a claim found.

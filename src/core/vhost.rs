@@ -161,7 +161,9 @@ impl VHost {
             Change::SessionEnded { name } if !self.sessions.set_stored(name, false) => {
                 return None;
             }
-            Change::SessionId { name, .. } if !self.sessions.is_stored(name) => {
+            Change::SessionId { name, .. } | Change::SessionWill { name, .. }
+                if !self.sessions.is_stored(name) =>
+            {
                 return None;
             }
             _ => {}

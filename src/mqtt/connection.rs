@@ -614,12 +614,16 @@ fn linger(f: Farewell) {
     }
     let client_id = f.client_id;
     let queue = f.queue;
+    if let Some(w) = &will {
+        super::durable::will_waits(&vhost, &client_id, w);
+    }
     tokio::spawn(async move {
         let start = Instant::now();
         if let Some(w) = will {
             sleep(Duration::from_secs(w.delay.into())).await;
             if vhost.sessions().is_current(&client_id, generation) {
                 publish_will(&vhost, &w);
+                super::durable::will_sent(&vhost, &client_id);
             }
         }
         if let Some(expiry) = f.expiry {

@@ -12,12 +12,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::core::change::{Change, LogPosition};
+use crate::core::change::{Change, LogPosition, PendingWill};
 use crate::core::message::now_ms;
 use crate::core::sessions::{SessionState, StoredSession};
 use crate::core::{Broker, QueueName, VHost};
 
-use super::session::{Persistent, Subscription, session_queue_name};
+use super::session::{Persistent, Subscription, Will, publish_will, session_queue_name};
 use crate::core::exchange::Destination;
 use crate::core::retained::RETAINING_EXCHANGE;
 
@@ -99,6 +99,26 @@ pub(super) fn packet_id(
         .map(|l| l.seq)
 }
 
+/// A parked session's will waits out its delay: recorded, so a restart
+/// in the meantime still publishes it when it is due.
+pub(super) fn will_waits(vhost: &VHost, client_id: &str, will: &Will) {
+    vhost.record_session(Change::SessionWill {
+        name: client_id.to_owned(),
+        will: Some(PendingWill {
+            due_ms: now_ms() + u64::from(will.delay) * 1000,
+            message: will.message.clone(),
+        }),
+    });
+}
+
+/// The will went out.
+pub(super) fn will_sent(vhost: &VHost, client_id: &str) {
+    vhost.record_session(Change::SessionWill {
+        name: client_id.to_owned(),
+        will: None,
+    });
+}
+
 /// Expires a parked session if no connection claimed it since
 /// `generation`: its queue goes, and so does its record.
 pub fn expire(vhost: &VHost, client_id: &str, generation: u64, queue: Option<&QueueName>) {
@@ -113,9 +133,11 @@ pub fn expire(vhost: &VHost, client_id: &str, generation: u64, queue: Option<&Qu
     });
 }
 
-/// Starts the expiry timers of the sessions read back from the journal,
-/// counted from when each was parked (from now if it was connected when
-/// the broker stopped). A session whose queue is gone ends at once.
+/// Starts the timers of the sessions read back from the journal: a will
+/// still waiting goes out when it is due (at once if that passed while
+/// the broker was down), and the session expires counted from when it
+/// was parked (from now if it was connected when the broker stopped).
+/// A session whose queue is gone ends at once, its will sent first.
 pub fn expire_recovered(broker: &Broker) {
     for vhost in broker.vhosts() {
         for (name, generation, state) in vhost.sessions().parked() {
@@ -123,21 +145,49 @@ pub fn expire_recovered(broker: &Broker) {
                 continue;
             };
             let queue = session_queue_name(&name);
+            let will = stored.will.clone();
             if vhost.queue(queue.as_str()).is_none() {
+                if let Some(w) = &will {
+                    send_recovered_will(&vhost, &name, w);
+                }
                 expire(&vhost, &name, generation, None);
                 continue;
             }
-            if stored.expiry_secs == u32::MAX {
+            let expires = (stored.expiry_secs != u32::MAX).then(|| {
+                stored.parked_at_ms.unwrap_or_else(now_ms) + u64::from(stored.expiry_secs) * 1000
+            });
+            if will.is_none() && expires.is_none() {
                 continue;
             }
-            let deadline =
-                stored.parked_at_ms.unwrap_or_else(now_ms) + u64::from(stored.expiry_secs) * 1000;
-            let left = Duration::from_millis(deadline.saturating_sub(now_ms()));
             let vhost = vhost.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(left).await;
-                expire(&vhost, &name, generation, Some(&queue));
+                if let Some(w) = will {
+                    tokio::time::sleep(until(w.due_ms)).await;
+                    if vhost.sessions().is_current(&name, generation) {
+                        send_recovered_will(&vhost, &name, &w);
+                    }
+                }
+                if let Some(at) = expires {
+                    tokio::time::sleep(until(at)).await;
+                    expire(&vhost, &name, generation, Some(&queue));
+                }
             });
         }
     }
+}
+
+/// Time left until `at_ms` (milliseconds since the Unix epoch).
+fn until(at_ms: u64) -> Duration {
+    Duration::from_millis(at_ms.saturating_sub(now_ms()))
+}
+
+fn send_recovered_will(vhost: &VHost, client_id: &str, will: &PendingWill) {
+    publish_will(
+        vhost,
+        &Will {
+            message: will.message.clone(),
+            delay: 0,
+        },
+    );
+    will_sent(vhost, client_id);
 }

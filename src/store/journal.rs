@@ -107,6 +107,27 @@ pub struct Journal {
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Frames the records that open segment `seg`: the checkpoint of `defs`,
+/// numbered `seg`, then its trailer (`Definitions::trailer`). Leaves
+/// `next` at the number after the last; returns how many were framed.
+fn segment_head(
+    out: &mut Vec<u8>,
+    seg: LogPosition,
+    defs: &Definitions,
+    next: &mut LogPosition,
+) -> usize {
+    let checkpoint = postcard::to_stdvec(&EntryRef::Checkpoint(defs)).expect("serialises");
+    record::encode(out, seg, &checkpoint);
+    *next = seg + 1;
+    let trailer = defs.trailer();
+    for (vhost, change) in &trailer {
+        let payload = postcard::to_stdvec(&EntryRef::Change(vhost, change)).expect("serialises");
+        record::encode(out, *next, &payload);
+        *next += 1;
+    }
+    1 + trailer.len()
+}
+
 /// Segment file name for a first sequence number.
 pub fn segment_path(dir: &Path, first: LogPosition) -> PathBuf {
     dir.join(format!("{first:020}.seg"))
@@ -127,20 +148,17 @@ impl Journal {
         let active = next_seq;
         live.insert(active, 0);
         let mut first = Vec::new();
-        record::encode(
-            &mut first,
-            active,
-            &postcard::to_stdvec(&EntryRef::Checkpoint(&defs)).expect("serialises"),
-        );
+        let mut after = active;
+        let records = segment_head(&mut first, active, &defs, &mut after);
         let state = State {
-            next_seq: active + 1,
+            next_seq: after,
             active_bytes: first.len() as u64,
             chunks: vec![Chunk {
                 segment: active,
                 starts_segment: true,
                 bytes: first,
             }],
-            pending_records: 1,
+            pending_records: records,
             active,
             defs,
             live,
@@ -180,20 +198,19 @@ impl Journal {
     fn push(&self, st: &mut State, payload: &[u8]) -> Logged {
         if st.active_bytes >= self.shared.config.segment_bytes {
             let seg = st.next_seq;
-            st.next_seq += 1;
             st.active = seg;
             st.live.insert(seg, 0);
             let mut bytes = Vec::new();
-            let checkpoint =
-                postcard::to_stdvec(&EntryRef::Checkpoint(&st.defs)).expect("serialises");
-            record::encode(&mut bytes, seg, &checkpoint);
+            let mut after = seg;
+            let records = segment_head(&mut bytes, seg, &st.defs, &mut after);
+            st.next_seq = after;
             st.active_bytes = bytes.len() as u64;
             st.chunks.push(Chunk {
                 segment: seg,
                 starts_segment: true,
                 bytes,
             });
-            st.pending_records += 1;
+            st.pending_records += records;
         }
         let seq = st.next_seq;
         st.next_seq += 1;

@@ -65,6 +65,26 @@ fn binding_key(b: &BindingSpec) -> String {
 }
 
 impl Definitions {
+    /// The records that follow a checkpoint because its encoding leaves
+    /// them out: each stored session's will still waiting.
+    pub fn trailer(&self) -> Vec<(VHostName, Change)> {
+        self.vhosts
+            .iter()
+            .flat_map(|(vhost, v)| {
+                v.sessions.iter().filter_map(move |(name, s)| {
+                    let will = s.will.clone()?;
+                    Some((
+                        vhost.clone(),
+                        Change::SessionWill {
+                            name: name.clone(),
+                            will: Some(will),
+                        },
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// Applies a metadata change; message changes are ignored.
     pub fn apply(&mut self, vhost: &VHostName, change: &Change) {
         match change {
@@ -140,6 +160,8 @@ impl Definitions {
                 }
                 s.expiry_secs = *expiry_secs;
                 s.parked_at_ms = None;
+                // Its client is back: a will still waiting is never sent.
+                s.will = None;
             }
             Change::SessionParked {
                 name,
@@ -170,6 +192,11 @@ impl Definitions {
                     } else {
                         ids.remove(id);
                     }
+                }
+            }
+            Change::SessionWill { name, will } => {
+                if let Some(s) = v.sessions.get_mut(name) {
+                    s.will.clone_from(will);
                 }
             }
             Change::PermissionSet { user, permission } => {

@@ -508,6 +508,16 @@ mod tests {
                 held: true,
             },
         );
+        journal.record(
+            &vhost,
+            Change::SessionWill {
+                name: "c1".into(),
+                will: Some(crate::core::change::PendingWill {
+                    due_ms: 12_345,
+                    message: message(2),
+                }),
+            },
+        );
         // Enough traffic to roll past, and reclaim, the first segment.
         for i in 0..100 {
             journal.record(
@@ -531,6 +541,14 @@ mod tests {
         assert_eq!(v.retained["a.b"].body().len(), 100);
         let s = &v.sessions["c1"];
         assert_eq!((s.expiry_secs, s.inbound.len()), (60, 1));
+        let will = s
+            .will
+            .as_ref()
+            .expect("the waiting will outlives its segment");
+        assert_eq!(
+            (will.due_ms, will.message.body().clone()),
+            (12_345, message(2).body().clone())
+        );
     }
 
     /// Record end offsets within one segment file.
