@@ -45,6 +45,20 @@ async fn subscribe4(c: &mut V4, filter: &str) {
     .await;
 }
 
+async fn subscribe5(c: &mut V5, filter: &str) {
+    c.client
+        .subscribe_many(vec![Filter::new(
+            filter,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )])
+        .await
+        .expect("subscribe queued");
+    c.expect(&format!("SUBACK for {filter}"), |p| {
+        matches!(p, P5::SubAck(_)).then_some(())
+    })
+    .await;
+}
+
 async fn publish4(c: &mut V4, topic: &str, retain: bool, body: &[u8]) {
     c.client
         .publish(topic, QoS::AtLeastOnce, retain, body.to_vec())
@@ -158,15 +172,7 @@ async fn an_mqtt5_session_is_present_after_a_restart_and_still_expires_on_time()
             opts.set_clean_start(false);
             opts.set_session_expiry_interval(Some(expiry));
             let (mut c, _) = V5::connect(opts).await;
-            c.client
-                .subscribe_many(vec![Filter::new(
-                    "jobs/#",
-                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                )])
-                .await
-                .expect("subscribe queued");
-            c.expect("SUBACK", |p| matches!(p, P5::SubAck(_)).then_some(()))
-                .await;
+            subscribe5(&mut c, "jobs/#").await;
             c.client.disconnect().await.expect("disconnect queued");
             c.closed("the broker to close after DISCONNECT").await;
         }
@@ -231,15 +237,7 @@ async fn a_will_waiting_out_its_delay_across_two_restarts_is_published_when_due(
             Some(props),
         ));
         let (mut c, _) = V5::connect(opts).await;
-        c.client
-            .subscribe_many(vec![Filter::new(
-                "jobs/#",
-                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-            )])
-            .await
-            .expect("subscribe queued");
-        c.expect("SUBACK", |p| matches!(p, P5::SubAck(_)).then_some(()))
-            .await;
+        subscribe5(&mut c, "jobs/#").await;
         c.vanish();
         vanished = std::time::Instant::now();
         let vhost = server.broker.vhost("/").expect("vhost");
