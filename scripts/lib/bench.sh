@@ -166,7 +166,8 @@ bench_run() {
 
 # median_rows FILE...: one bench row per broker and scenario from rows of
 # several runs, so one unlucky run on a shared machine does not decide a
-# table. Each figure is the median of the runs that completed, except peak
+# table. Each figure is the median of the runs that completed (the mean
+# of the middle two when their number is even), except peak
 # RSS, lost messages and load, which take the worst run. A scenario that
 # failed in every run keeps its first failed row.
 median_rows() {
@@ -178,7 +179,8 @@ median_rows() {
             for (i = 1; i <= runs[k]; i++) if (num(val[k, i, c])) v[++n] = val[k, i, c] + 0
             if (n == 0) return val[k, 1, c]
             for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-            return (c == 9 || c == 13 || c == 14) ? v[n] : v[int((n + 1) / 2)]
+            if (c == 9 || c == 13 || c == 14) return v[n]
+            return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
         }
         $2 ~ /broker/ || $2 ~ /---/ || NF < 4 { next }
         {
