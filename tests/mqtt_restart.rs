@@ -401,3 +401,43 @@ async fn a_qos2_publish_awaiting_pubrel_is_routed_once_across_a_restart() {
         .expect("the subscriber's queue survived");
     assert_eq!(q.message_count(), 1, "routed exactly once");
 }
+
+/// A session resumed with an expiry of 0 keeps its queue, and what was
+/// queued while the client was away, only as long as that connection: a
+/// crash meanwhile must not leave the queue behind as an orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumed_with_expiry_zero_gets_its_queue_and_does_not_outlive_a_crash() {
+    let dir = fresh_dir();
+    let (mut child, port) = spawn(&dir);
+    let opts5 = |expiry: u32| {
+        let mut o = rumqttc::v5::MqttOptions::new("resumer", "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(expiry));
+        o
+    };
+    let (mut c, _) = V5::connect(opts5(600)).await;
+    subscribe5(&mut c, "orders/#").await;
+    c.client.disconnect().await.expect("disconnect queued");
+    c.closed("the broker to close after DISCONNECT").await;
+    let (mut publisher, _) = V4::connect(options(port, "orderer")).await;
+    publish4(&mut publisher, "orders/1", false, b"one").await;
+    let (mut c, ack) = V5::connect(opts5(0)).await;
+    assert!(ack.session_present, "resumed with expiry 0");
+    let p = c.expect("the message queued while away", publish5_of).await;
+    assert_eq!(&p.payload[..], b"one");
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    drop((c, publisher));
+
+    let server = start_in(&dir).await;
+    let vhost = server.broker.vhost("/").expect("vhost");
+    wait_until(
+        "the crashed expiry-0 session and its queue to be gone",
+        || {
+            vhost.queue("mqtt-subscription-resumerqos1").is_none()
+                && !vhost.sessions().contains("resumer")
+        },
+    )
+    .await;
+}

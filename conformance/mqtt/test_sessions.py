@@ -98,6 +98,24 @@ def test_an_expired_session_is_gone(mqtt_client, conn):
     assert back.message("the marker").topic == marker, "a message of the expired session was delivered"
 
 
+def test_a_session_resumed_with_expiry_zero_gets_what_was_queued_and_then_ends(mqtt_client, conn):
+    cid, t = unique("resume0"), topic("resume0")
+    c = mqtt_client(V5, cid, **persistent(V5, expiry=600))
+    c.subscribe(t, 1)
+    c.disconnect()
+    mqtt_client(V5).publish(t, b"queued while away", qos=1)
+    back = mqtt_client(V5, cid, **persistent(V5, expiry=0))
+    assert back.connect_result[0] is True, "session present"
+    assert back.message("the message queued while away").payload == b"queued while away"
+    mqtt_client(V5).publish(t, b"live", qos=1)
+    assert back.message("a message to the resumed subscription").payload == b"live"
+    # Expiry 0: the session ends with this connection.
+    back.disconnect()
+    poll(session_queue_gone(conn, cid), "the session's queue to be deleted", pause=lambda: conn.sleep(0.05))
+    again = mqtt_client(V5, cid, **persistent(V5))
+    assert again.connect_result[0] is False
+
+
 def test_a_session_inside_its_expiry_is_resumed_and_disconnect_can_shorten_it(mqtt_client, conn):
     cid, t = unique("within"), topic("within")
     c = mqtt_client(V5, cid, **persistent(V5, expiry=600))

@@ -47,10 +47,18 @@ pub(super) fn resume(
 
 /// CONNACK is about to go out: a session that outlives its connection is
 /// recorded (fresh unless resumed); one that does not ends any recorded
-/// session of the same client id.
-pub(super) fn connected(vhost: &VHost, client_id: &str, expiry_secs: u32, present: bool) {
+/// session of the same client id. A session resumed with an expiry of 0
+/// that `keeps_queue` is recorded with that expiry, so a restart before its
+/// connection ends expires it and deletes the queue.
+pub(super) fn connected(
+    vhost: &VHost,
+    client_id: &str,
+    expiry_secs: u32,
+    present: bool,
+    keeps_queue: bool,
+) {
     let name = client_id.to_owned();
-    vhost.record_session(if expiry_secs > 0 {
+    vhost.record_session(if expiry_secs > 0 || keeps_queue {
         Change::SessionOpened {
             name,
             expiry_secs,

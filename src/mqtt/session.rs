@@ -624,8 +624,17 @@ impl Session {
 
         // A durable session's queue exists from CONNECT on, to keep
         // messages while the client is away; a clean session's is made at
-        // its first subscription, so an idle publisher costs no queue.
-        match self.open_queue(&vhost, session_present, durable, durable) {
+        // its first subscription, so an idle publisher costs no queue. A
+        // session resumed with an expiry of 0 keeps its durable queue, and
+        // what was queued for it, until this connection ends (`release`
+        // deletes it then).
+        let keep_queue = session_present
+            && !durable
+            && vhost
+                .queue(session_queue_name(&self.client_id).as_str())
+                .is_some_and(|q| q.spec().durable);
+        let queue_durable = durable || keep_queue;
+        match self.open_queue(&vhost, session_present, queue_durable, queue_durable) {
             Ok(q) => self.queue = q,
             Err(e) => {
                 self.refuse(ConnectAckReason::ServerUnavailable, &e.to_string(), out);
@@ -641,6 +650,7 @@ impl Session {
             &self.client_id,
             self.session_expiry,
             session_present,
+            keep_queue,
         );
 
         let ack = v5::ConnectAck {
