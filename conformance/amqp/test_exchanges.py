@@ -184,6 +184,14 @@ def test_passive_declare_finds_an_existing_exchange(ch):
     ch.exchange_declare(x, passive=True)
 
 
+def test_passive_declare_ignores_the_type_and_flags_it_carries(ch):
+    # amqplib's checkExchange sends an empty type; RabbitMQ reads only the name.
+    x = unique("x")
+    ch.exchange_declare(x, "topic", auto_delete=True)
+    ch.exchange_declare(x, "", passive=True, durable=True)
+    ch.exchange_declare("amq.direct", "no-such-type", passive=True)
+
+
 def test_unknown_exchange_type_is_503_on_the_connection(conn):
     # RabbitMQ answers an unknown type with COMMAND_INVALID, closing the connection.
     ch = conn.channel()

@@ -463,19 +463,10 @@ impl Session {
         let core = |e: crate::core::CoreError| reply(&e);
         match m {
             exchange::AMQPMethod::Declare(d) => {
-                let kind = ExchangeKind::parse(d.kind.as_str()).map_err(core)?;
-                let spec = ExchangeSpec {
-                    name: d.exchange.as_str().into(),
-                    kind,
-                    durable: d.durable,
-                    auto_delete: d.auto_delete,
-                    internal: d.internal,
-                    arguments: headers_from_table(&d.arguments),
-                };
-                if !d.passive {
-                    self.authorize(Access::Configure, "exchange", d.exchange.as_str())?;
-                }
                 if d.passive {
+                    // A passive declare names an exchange and nothing else:
+                    // as with RabbitMQ its type and flags go unread
+                    // (amqplib's checkExchange sends an empty type).
                     if vhost.exchange(d.exchange.as_str()).is_none() {
                         return Err(reply(&crate::core::CoreError::NotFound(format!(
                             "no exchange '{}' in vhost '{}'",
@@ -484,6 +475,15 @@ impl Session {
                         ))));
                     }
                 } else {
+                    let spec = ExchangeSpec {
+                        name: d.exchange.as_str().into(),
+                        kind: ExchangeKind::parse(d.kind.as_str()).map_err(core)?,
+                        durable: d.durable,
+                        auto_delete: d.auto_delete,
+                        internal: d.internal,
+                        arguments: headers_from_table(&d.arguments),
+                    };
+                    self.authorize(Access::Configure, "exchange", d.exchange.as_str())?;
                     vhost.declare_exchange(spec, false).map_err(core)?;
                 }
                 if !d.nowait {
