@@ -9,6 +9,10 @@ use ferrymq::config::{Config, Listen};
 use ferrymq::server::Server;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+/// See Cargo.toml for why jemalloc.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ferrymq",
