@@ -134,11 +134,7 @@ class Broker:
         self.spawn()
         left = deadline_for(f"the 'ready' line from {' '.join(self.args)}")
         while True:
-            try:
-                line = self.lines.get(timeout=left())
-            except queue.Empty:
-                left()
-                continue
+            line = next_line(self.lines, left)
             if line is None:
                 code = self.proc.wait(timeout=WAIT)
                 raise AssertionError(
@@ -195,6 +191,32 @@ class Broker:
 # --------------------------------------------------------------------------
 # Waiting on pika
 # --------------------------------------------------------------------------
+
+
+def next_line(lines: "queue.Queue[str | None]", left) -> str | None:
+    """The next line a reader thread queued (None once its stream ended),
+    waiting no longer than the deadline `left` (from `deadline_for`) allows."""
+    while True:
+        try:
+            return lines.get(timeout=left())
+        except queue.Empty:
+            left()
+
+
+def stop_child(proc: subprocess.Popen) -> None:
+    """Ends a client process that exits when its stdin closes; kills it if
+    it has not within WAIT."""
+    if proc.poll() is not None:
+        return
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(WAIT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def pump(conn, until, what: str, timeout: float = WAIT) -> None:

@@ -1,24 +1,14 @@
 #!/usr/bin/env bash
 # Installs the MQTT clients conformance/mqtt/test_other_clients.py drives
 # besides paho: Debian's mosquitto-clients (mosquitto_pub, mosquitto_sub,
-# mosquitto_rr) and the pinned MQTT.js (conformance/mqtt/clients).
-# Idempotent: returns at once when both are there.
+# mosquitto_rr) and the pinned MQTT.js (conformance/mqtt/clients), on
+# Debian's Node when there is none. Idempotent: returns at once when both
+# are there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/install.sh
+. scripts/lib/install.sh
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-    sudo="sudo"
-fi
-missing=()
-command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
-command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
-if ((${#missing[@]})); then
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-if [ ! -d conformance/mqtt/clients/node_modules/mqtt ]; then
-    (cd conformance/mqtt/clients && npm ci --no-audit --no-fund --silent)
-fi
-echo "mosquitto-clients: $(dpkg-query -W -f '${Version}' mosquitto-clients 2>/dev/null || echo '?'); MQTT.js: $(node -p "require('./conformance/mqtt/clients/node_modules/mqtt/package.json').version")"
+debian_packages mosquitto_sub=mosquitto-clients node=nodejs,npm
+npm_packages conformance/mqtt/clients mqtt
+echo "mosquitto-clients: $(dpkg-query -W -f '${Version}' mosquitto-clients 2>/dev/null || echo '?'); MQTT.js: $(npm_version conformance/mqtt/clients mqtt)"

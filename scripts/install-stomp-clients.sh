@@ -5,21 +5,9 @@
 # Idempotent: returns at once when they are there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/install.sh
+. scripts/lib/install.sh
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-    sudo="sudo"
-fi
-if ! command -v node >/dev/null 2>&1; then
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
-fi
-if [ ! -d conformance/stomp/clients/node_modules/@stomp/stompjs ] ||
-    [ ! -d conformance/stomp/clients/node_modules/@stomp/tcp-wrapper ]; then
-    (cd conformance/stomp/clients && npm ci --no-audit --no-fund --silent)
-fi
-version() {
-    node -p "require('./conformance/stomp/clients/node_modules/@stomp/$1/package.json').version"
-}
-echo "@stomp/stompjs: $(version stompjs); @stomp/tcp-wrapper: $(version tcp-wrapper)"
+debian_packages node=nodejs,npm
+npm_packages conformance/stomp/clients @stomp/stompjs @stomp/tcp-wrapper
+echo "@stomp/stompjs: $(npm_version conformance/stomp/clients @stomp/stompjs); @stomp/tcp-wrapper: $(npm_version conformance/stomp/clients @stomp/tcp-wrapper)"

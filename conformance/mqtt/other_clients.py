@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 from conformance.mqtt.conftest import ANY, Events
-from conformance.support import WAIT, deadline_for, unique
+from conformance.support import WAIT, deadline_for, next_line, stop_child, unique
 
 CLIENTS = Path(__file__).resolve().parent / "clients"
 INSTALL_HINT = "run scripts/install-mqtt-clients.sh (scripts/test does)"
@@ -116,16 +116,7 @@ class MqttJs:
         self.take("end", "the end of its connection")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_child(self.proc)
 
 
 class Lines:
@@ -148,11 +139,7 @@ class Lines:
         """The next output line for which `match` holds (skipping others)."""
         left = deadline_for(f"{what} from {self.name}", WAIT)
         while True:
-            try:
-                line = self.lines.get(timeout=left())
-            except queue.Empty:
-                left()
-                continue
+            line = next_line(self.lines, left)
             if line is None:
                 raise AssertionError(f"{self.name} ended before {what}; its output:\n" + "\n".join(self.seen))
             self.seen.append(line)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.support import WAIT, deadline_for, unique
+from conformance.support import deadline_for, stop_child, unique
 
 CLIENTS = Path(__file__).resolve().parent / "clients"
 DRIVER = CLIENTS / "stompjs_driver.js"
@@ -207,16 +207,7 @@ class StompJs:
         return got
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_child(self.proc)
 
 
 @pytest.fixture
