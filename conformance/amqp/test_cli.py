@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pika
 import pytest
@@ -162,6 +163,19 @@ def test_missing_config_file_exits_nonzero_with_one_line():
     b = Broker("--config", "/nonexistent/ferrymq.toml").spawn()
     line = one_line_failure(b)
     assert "/nonexistent/ferrymq.toml" in line, line
+
+
+def test_a_journal_in_a_later_format_exits_nonzero_with_one_line_and_is_kept():
+    b = Broker()
+    journal = Path(b.data_dir) / "journal"
+    journal.mkdir()
+    segment = journal / f"{1:020}.seg"
+    # A segment header naming format 2, and a record after it.
+    data = b"FMQJ" + (2).to_bytes(4, "little") + bytes(range(64))
+    segment.write_bytes(data)
+    line = one_line_failure(b.spawn())
+    assert "journal format 2" in line and "reads format 1" in line, line
+    assert segment.read_bytes() == data, "the journal is left as it was"
 
 
 def test_config_file_keys_apply_and_flags_win():

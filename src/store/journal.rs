@@ -107,7 +107,8 @@ pub struct Journal {
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Frames the records that open segment `seg`: the checkpoint of `defs`,
+/// Writes the segment header and frames the records that open segment
+/// `seg`: the checkpoint of `defs`,
 /// numbered `seg`, then its trailer (`Definitions::trailer`). Leaves
 /// `next` at the number after the last; returns how many were framed.
 fn segment_head(
@@ -116,6 +117,7 @@ fn segment_head(
     defs: &Definitions,
     next: &mut LogPosition,
 ) -> usize {
+    record::segment_header(out);
     let checkpoint = postcard::to_stdvec(&EntryRef::Checkpoint(defs)).expect("serialises");
     record::encode(out, seg, &checkpoint);
     *next = seg + 1;
@@ -548,9 +550,14 @@ fn append_chunks(dir: &Path, file: &mut Option<File>, chunks: &[Chunk]) -> std::
             if let Some(old) = file.take() {
                 old.sync_data()?;
             }
+            // A new segment's file starts empty: one that recovery found
+            // holding no record (a crash as it was created) takes the
+            // same name, and its header must not be followed by a second.
             let f = OpenOptions::new()
                 .create(true)
-                .append(true)
+                .write(true)
+                .truncate(chunk.starts_segment)
+                .append(!chunk.starts_segment)
                 .open(segment_path(dir, chunk.segment))?;
             // The new file's name must survive a crash too.
             File::open(dir)?.sync_all()?;

@@ -5,6 +5,11 @@
 //! ```
 //! `len` counts seq + payload; the CRC covers seq + payload, so a torn or
 //! corrupted record is recognised and recovery stops there.
+//!
+//! Each segment file opens with `FMQJ` and the format's version (u32 LE),
+//! so that a journal written in another format, by a later release or by
+//! something else entirely, is refused by name instead of being read as
+//! damage (and its tail cut off as torn).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -19,6 +24,14 @@ use crate::core::{ExchangeName, Message, QueueName, RoutingKey, VHostName};
 
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 16;
+/// The first bytes of every segment file.
+pub const SEGMENT_MAGIC: [u8; 4] = *b"FMQJ";
+/// The record format this build writes and reads. Raise it with any change
+/// a reader of the previous version would misread, and teach recovery to
+/// read the older one.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes of the segment header: the magic and the version.
+pub const SEGMENT_HEADER_LEN: usize = 8;
 /// No record is larger than this (a 16 MiB body plus headers fits well).
 pub const MAX_RECORD: usize = 64 * 1024 * 1024;
 
@@ -254,6 +267,52 @@ pub enum RecordError {
     Payload(String),
 }
 
+/// What is wrong with a segment file's header.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Fewer bytes than a header: the file was cut while it was created.
+    #[error("the segment header is cut short")]
+    Truncated,
+    /// Not a ferrymq journal segment.
+    #[error("not a ferrymq journal segment (it does not start with FMQJ)")]
+    NotAJournal,
+    /// Written in a format this build does not read.
+    #[error("written in journal format {found}; this ferrymq reads format {FORMAT_VERSION}")]
+    Version {
+        /// The version the file gives.
+        found: u32,
+    },
+}
+
+/// Appends the header that opens a segment file.
+pub fn segment_header(out: &mut Vec<u8>) {
+    out.extend_from_slice(&SEGMENT_MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+}
+
+/// Where the first record of a segment file's bytes starts: after its
+/// header, or at 0 in a segment written before segments had one (format
+/// 0, whose records are those of format 1). A headerless file never starts
+/// with the magic, which as a record length would exceed `MAX_RECORD`.
+pub fn segment_start(data: &[u8]) -> Result<usize, HeaderError> {
+    let magic_len = SEGMENT_MAGIC.len().min(data.len());
+    if data[..magic_len] != SEGMENT_MAGIC[..magic_len] {
+        // Format 0 if its first record reads; else something else.
+        return match decode(data) {
+            Ok(_) => Ok(0),
+            Err(_) => Err(HeaderError::NotAJournal),
+        };
+    }
+    let Some(version) = data.get(SEGMENT_MAGIC.len()..SEGMENT_HEADER_LEN) else {
+        return Err(HeaderError::Truncated);
+    };
+    let found = u32::from_le_bytes(version.try_into().expect("4 bytes"));
+    if found != FORMAT_VERSION {
+        return Err(HeaderError::Version { found });
+    }
+    Ok(SEGMENT_HEADER_LEN)
+}
+
 /// Appends one framed record to `out`.
 pub fn encode(out: &mut Vec<u8>, seq: LogPosition, payload: &[u8]) {
     let len = (8 + payload.len()) as u32;
@@ -304,6 +363,8 @@ pub fn decode(buf: &[u8]) -> Result<(LogPosition, Entry, usize), RecordError> {
 /// (fuzz/fuzz_targets/journal.rs).
 #[cfg(any(fuzzing, test))]
 pub fn fuzz_decode(data: &[u8]) {
+    // The header check reads the same bytes first, as recovery does.
+    let _ = segment_start(data);
     let Some((&first, rest)) = data.split_first() else {
         return;
     };
@@ -331,6 +392,45 @@ mod tests {
     use super::*;
     use crate::core::{Message, Properties};
     use bytes::Bytes;
+
+    #[test]
+    fn a_segment_starts_after_its_header_or_at_0_in_format_0_and_anything_else_is_refused() {
+        let mut data = Vec::new();
+        segment_header(&mut data);
+        let mut record = Vec::new();
+        encode(
+            &mut record,
+            7,
+            &payload(&Entry::Checkpoint(Definitions::default())),
+        );
+        data.extend_from_slice(&record);
+        assert_eq!(segment_start(&data), Ok(SEGMENT_HEADER_LEN));
+        // Format 0: the same records, no header.
+        assert_eq!(segment_start(&record), Ok(0));
+        // Cut anywhere inside the header, the empty file included.
+        for cut in 0..SEGMENT_HEADER_LEN {
+            assert_eq!(
+                segment_start(&data[..cut]),
+                Err(HeaderError::Truncated),
+                "cut at {cut}"
+            );
+        }
+        let mut later = data.clone();
+        later[4..8].copy_from_slice(&2u32.to_le_bytes());
+        let refused = segment_start(&later).expect_err("format 2 is refused");
+        assert_eq!(refused, HeaderError::Version { found: 2 });
+        assert_eq!(
+            refused.to_string(),
+            "written in journal format 2; this ferrymq reads format 1"
+        );
+        assert_eq!(
+            segment_start(b"not a journal at all"),
+            Err(HeaderError::NotAJournal)
+        );
+        let mut misspelt = data.clone();
+        misspelt[0] = b'X';
+        assert_eq!(segment_start(&misspelt), Err(HeaderError::NotAJournal));
+    }
 
     proptest::proptest! {
         #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::journal::{read_change_at, segment_path};
-use super::record::{self, Definitions, Entry, RecordError};
+use super::record::{self, Definitions, Entry, HeaderError, RecordError};
 use crate::core::change::{Change, LogPosition, Logged, MemoryWindow};
 use crate::core::queue::Restored;
 use crate::core::{Broker, Message};
@@ -67,6 +67,14 @@ pub enum RecoveryError {
     /// The file system failed.
     #[error("journal i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A segment file is not in the format this build reads.
+    #[error("journal segment {segment}: {error}")]
+    Header {
+        /// The segment's first sequence number.
+        segment: LogPosition,
+        /// What is wrong with its header.
+        error: HeaderError,
+    },
     /// A record before the last segment's tail is damaged.
     #[error("journal segment {segment} is corrupt at byte {offset}: {error}")]
     Corrupt {
@@ -106,8 +114,27 @@ pub fn recover(dir: &Path, window: MemoryWindow) -> Result<Recovered, RecoveryEr
     for (i, &seg) in segs.iter().enumerate() {
         let path = segment_path(dir, seg);
         let data = fs::read(&path)?;
+        let start = match record::segment_start(&data) {
+            Ok(start) => start,
+            // A crash while the last segment was being created: it holds
+            // no record, and the journal's next segment may take its name.
+            Err(HeaderError::Truncated) if i + 1 == segs.len() => {
+                tracing::warn!(
+                    segment = seg,
+                    "removing a journal segment cut short in its header"
+                );
+                fs::remove_file(&path)?;
+                continue;
+            }
+            Err(error) => {
+                return Err(RecoveryError::Header {
+                    segment: seg,
+                    error,
+                });
+            }
+        };
         out.live.entry(seg).or_insert(0);
-        let mut at = 0;
+        let mut at = start;
         while at < data.len() {
             match record::decode(&data[at..]) {
                 Ok((seq, entry, used)) => {
@@ -551,9 +578,103 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_segment_in_a_later_format_is_refused_by_name_and_left_as_it_is() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), 1 << 20, 5, |_| false);
+        let path = segment_path(dir.path(), 1);
+        let mut data = fs::read(&path).expect("read");
+        data[4..8].copy_from_slice(&2u32.to_le_bytes());
+        fs::write(&path, &data).expect("write");
+        let err = recover(dir.path(), MemoryWindow::default()).expect_err("format 2 is refused");
+        assert!(
+            matches!(
+                err,
+                RecoveryError::Header {
+                    segment: 1,
+                    error: HeaderError::Version { found: 2 }
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "journal segment 1: written in journal format 2; this ferrymq reads format 1"
+        );
+        assert_eq!(
+            fs::read(&path).expect("read"),
+            data,
+            "the segment is not touched"
+        );
+    }
+
+    #[test]
+    fn a_segment_without_the_header_is_read_as_format_0() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), 1 << 20, 5, |i| i == 1);
+        let path = segment_path(dir.path(), 1);
+        let data = fs::read(&path).expect("read");
+        fs::write(&path, &data[record::SEGMENT_HEADER_LEN..]).expect("write");
+        let rec = recover(dir.path(), MemoryWindow::default()).expect("format 0 reads");
+        assert_eq!(ids(&rec), vec![0, 2, 3, 4]);
+        // Any other first bytes are refused, even in the last segment,
+        // rather than cut off as a torn tail.
+        fs::write(&path, b"something else entirely").expect("write");
+        let err = recover(dir.path(), MemoryWindow::default()).expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                RecoveryError::Header {
+                    error: HeaderError::NotAJournal,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(fs::read(&path).expect("read"), b"something else entirely");
+    }
+
+    #[test]
+    fn a_last_segment_cut_in_its_header_is_removed_and_the_journal_goes_on_under_its_name() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), 1 << 20, 5, |_| false);
+        let rec = recover(dir.path(), MemoryWindow::default()).expect("recovers");
+        // A crash just as the next run's segment was created: its name is
+        // the next sequence number, its header half written.
+        let next = segment_path(dir.path(), rec.next_seq);
+        fs::write(&next, &b"FMQJ\x01"[..]).expect("write");
+        let rec = recover(dir.path(), MemoryWindow::default()).expect("a torn header is not fatal");
+        assert_eq!(ids(&rec), vec![0, 1, 2, 3, 4]);
+        assert!(!next.exists(), "the torn segment was removed");
+        // The same name again, holding only a header: the next run's
+        // segment starts over in that file rather than after it.
+        let mut header = Vec::new();
+        record::segment_header(&mut header);
+        fs::write(&next, &header).expect("write");
+        let rec = recover(dir.path(), MemoryWindow::default()).expect("a bare header is a segment");
+        let journal = Journal::start(
+            config(dir.path(), 1 << 20),
+            rec.next_seq,
+            rec.defs,
+            rec.live,
+        )
+        .expect("journal starts");
+        journal.record(
+            &"/".into(),
+            Change::Enqueued {
+                queue: 1,
+                id: 5,
+                message: message(5),
+            },
+        );
+        journal.shutdown();
+        let rec = recover(dir.path(), MemoryWindow::default()).expect("recovers after the restart");
+        assert_eq!(ids(&rec), vec![0, 1, 2, 3, 4, 5]);
+    }
+
     /// Record end offsets within one segment file.
     fn boundaries(data: &[u8]) -> Vec<usize> {
-        let mut at = 0;
+        let mut at = record::SEGMENT_HEADER_LEN;
         let mut ends = Vec::new();
         while let Ok((_, _, used)) = record::decode(&data[at..]) {
             at += used;
@@ -565,7 +686,7 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
         #[test]
-        fn a_torn_or_corrupted_tail_loses_only_the_damaged_records(cut in 0usize..6000, flip in proptest::option::of(0usize..6000)) {
+        fn a_torn_or_corrupted_tail_loses_only_the_damaged_records(cut in 0usize..6000, flip in proptest::option::of(record::SEGMENT_HEADER_LEN..6000)) {
             let dir = tempfile::tempdir().expect("temp dir");
             write(dir.path(), 1 << 20, 40, |_| false);
             let seg = *segments(dir.path()).expect("list").last().expect("a segment");
@@ -585,9 +706,15 @@ mod tests {
             let intact = ends.iter().filter(|&&e| e <= damaged_from).count();
             let expected: Vec<u64> = (0..40u64).take(intact.saturating_sub(2)).collect();
             proptest::prop_assert_eq!(ids(&rec), expected);
-            // the file was cut back to the last good record
-            let len = fs::metadata(&path).expect("stat").len() as usize;
-            proptest::prop_assert_eq!(len, ends.iter().copied().filter(|&e| e <= damaged_from).max().unwrap_or(0));
+            // The file was cut back to the last good record, or to its
+            // header; cut inside the header, it was removed.
+            let len = fs::metadata(&path).map_or(0, |m| m.len() as usize);
+            let kept = if cut < record::SEGMENT_HEADER_LEN {
+                0
+            } else {
+                ends.iter().copied().filter(|&e| e <= damaged_from).max().unwrap_or(record::SEGMENT_HEADER_LEN)
+            };
+            proptest::prop_assert_eq!(len, kept);
         }
     }
 }
