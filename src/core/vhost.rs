@@ -37,6 +37,46 @@ const MAX_ROUTE_DEPTH: usize = 32;
 
 type Routes = HashMap<ExchangeName, Arc<Exchange>>;
 
+thread_local! {
+    /// A publish's list of target queues, kept on the thread between
+    /// publishes: built from empty, a fan-out to ten queues reallocated
+    /// it four times per message (3 % of a fan-out profile).
+    static TARGETS: std::cell::Cell<Vec<Arc<Queue>>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A target list that grew past this many queues is not kept.
+const KEEP_TARGETS: usize = 1024;
+
+/// The exchanges one route has passed through, on the stack: routing
+/// allocates nothing for it, and compares addresses rather than names.
+struct Visited {
+    seen: [*const Exchange; MAX_ROUTE_DEPTH],
+    len: usize,
+}
+
+impl Default for Visited {
+    fn default() -> Self {
+        Self {
+            seen: [std::ptr::null(); MAX_ROUTE_DEPTH],
+            len: 0,
+        }
+    }
+}
+
+impl Visited {
+    /// Records `exchange`; false if it was seen already or the route is
+    /// as deep as it may go.
+    fn enter(&mut self, exchange: &Exchange) -> bool {
+        let at: *const Exchange = exchange;
+        if self.len >= MAX_ROUTE_DEPTH || self.seen[..self.len].contains(&at) {
+            return false;
+        }
+        self.seen[self.len] = at;
+        self.len += 1;
+        true
+    }
+}
+
 #[derive(Debug, Default)]
 struct Meta {
     exchanges: HashMap<ExchangeName, ExchangeSpec>,
@@ -712,8 +752,14 @@ impl VHost {
                 self.name
             )));
         }
-        let mut targets = Vec::new();
-        self.collect(&routes, exchange, &message, &mut targets, &mut Vec::new());
+        let mut targets = TARGETS.take();
+        self.collect(
+            &routes,
+            exchange,
+            &message,
+            &mut targets,
+            &mut Visited::default(),
+        );
         let retained = self
             .retained
             .offer_recorded(exchange.spec.name.as_str(), &message, |change| {
@@ -721,6 +767,10 @@ impl VHost {
             })
             .flatten();
         let mut outcome = self.deliver(&targets, message, false);
+        targets.clear();
+        if targets.capacity() <= KEEP_TARGETS {
+            TARGETS.set(targets);
+        }
         // The confirm also promises the retained copy.
         outcome.durable_at = outcome.durable_at.max(retained.map(|l| l.seq));
         Ok(outcome)
@@ -734,11 +784,20 @@ impl VHost {
     ) -> PublishOutcome {
         let mut outcome = PublishOutcome::default();
         let mut dead = Vec::new();
-        for queue in targets {
-            if dead_lettered && dead_letter_cycle(&message, queue.name().as_str()) {
+        let mut message = Some(message);
+        for (i, queue) in targets.iter().enumerate() {
+            let Some(m) = &message else { break };
+            if dead_lettered && dead_letter_cycle(m, queue.name().as_str()) {
                 continue;
             }
-            let mut result = queue.enqueue(message.clone());
+            // The last queue takes the message itself: one count operation
+            // fewer on a line other threads share.
+            let copy = if i + 1 == targets.len() {
+                message.take().expect("checked above")
+            } else {
+                m.clone()
+            };
+            let mut result = queue.enqueue(copy);
             outcome.durable_at = outcome.durable_at.max(result.durable_at);
             if result.rejected {
                 outcome.rejected = true;
@@ -759,12 +818,11 @@ impl VHost {
         exchange: &Exchange,
         message: &Message,
         out: &mut Vec<Arc<Queue>>,
-        visited: &mut Vec<ExchangeName>,
+        visited: &mut Visited,
     ) {
-        if visited.len() >= MAX_ROUTE_DEPTH || visited.contains(&exchange.spec.name) {
+        if !visited.enter(exchange) {
             return;
         }
-        visited.push(exchange.spec.name.clone());
         let before = out.len();
         let key = message.routing_key().as_str();
         if exchange.spec.name.as_str().is_empty() {
@@ -822,7 +880,7 @@ impl VHost {
                 exchange,
                 &dl.message,
                 &mut targets,
-                &mut Vec::new(),
+                &mut Visited::default(),
             );
             self.deliver(&targets, dl.message, true);
         }
