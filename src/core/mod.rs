@@ -17,6 +17,7 @@ pub mod message;
 pub mod names;
 pub mod pattern;
 pub mod queue;
+pub mod ready_index;
 pub mod retained;
 pub mod sessions;
 pub mod stats;

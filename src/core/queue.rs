@@ -9,7 +9,6 @@
 //! queue locks at once: dead letters are collected under the lock and routed
 //! by the vhost after it is released (see docs/architecture.md).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,6 +26,7 @@ use super::names::{
     ConnectionId, ConsumerId, ConsumerTag, DeliveryId, ExchangeName, QueueName, RoutingKey,
     VHostName,
 };
+use super::ready_index::{ReadyIndex, ReadyKey};
 use super::stats::Stats;
 
 /// How many deliveries a consumer may have sent to its connection but not
@@ -366,13 +366,9 @@ struct Unacked {
     manual: bool,
 }
 
-/// Ready messages sort by priority rank (0 = highest), then arrival, so a
-/// requeued message returns to exactly where it was.
-type ReadyKey = (u8, u64);
-
 #[derive(Debug)]
 struct State {
-    ready: BTreeMap<ReadyKey, Entry>,
+    ready: ReadyIndex<Entry>,
     ready_bytes: u64,
     next_seq: u64,
     unacked: DeliveryMap<Unacked>,
@@ -474,7 +470,7 @@ impl Queue {
             spec,
             args,
             state: Mutex::new(State {
-                ready: BTreeMap::new(),
+                ready: ReadyIndex::default(),
                 ready_bytes: 0,
                 next_seq: 0,
                 unacked: DeliveryMap::default(),
@@ -1180,7 +1176,7 @@ impl Queue {
         let mut st = self.lock();
         // One record per journalled message rather than a purge marker:
         // delivered-but-unsettled messages survive a purge.
-        for (key, entry) in &st.ready {
+        for (key, entry) in st.ready.iter() {
             self.log_removed(key.1, entry);
         }
         let n = st.ready.len();
@@ -1217,7 +1213,7 @@ impl Queue {
         st.deleted = true;
         // Journalled messages leave with the queue, so their segments can
         // be reclaimed.
-        for (key, entry) in &st.ready {
+        for (key, entry) in st.ready.iter() {
             self.log_removed(key.1, entry);
         }
         for u in st.unacked.values() {
@@ -1273,7 +1269,7 @@ impl Queue {
         }
         // RabbitMQ expires only from the head: a long-TTL message at the
         // head keeps shorter-lived ones behind it until it goes.
-        while let Some(entry) = st.ready.first_key_value().map(|(_, e)| e) {
+        while let Some(entry) = st.ready.first().map(|(_, e)| e) {
             if entry.expires_at.is_some_and(|t| t <= now) {
                 let (key, entry) = st.ready.pop_first().expect("head exists: just peeked");
                 st.ready_bytes -= u64::from(entry.size);
@@ -1282,7 +1278,7 @@ impl Queue {
                 break;
             }
         }
-        let mut next = st.ready.first_key_value().and_then(|(_, e)| e.expires_at);
+        let mut next = st.ready.first().and_then(|(_, e)| e.expires_at);
         if let Some(ms) = self.args.expires
             && st.consumers.is_empty()
         {
