@@ -62,7 +62,7 @@ async fn start(dir: &Path, disk_free_limit: u64) -> Server {
     config.data_dir = dir.to_path_buf();
     config.journal_segment_bytes = 256 * 1024;
     config.disk_free_limit_bytes = disk_free_limit;
-    Server::start(&config).await.expect("broker starts")
+    common::start_with(&config).await
 }
 
 fn body(n: u32) -> Vec<u8> {

@@ -35,9 +35,27 @@ pub async fn start_configured(dir: &std::path::Path, tune: impl FnOnce(&mut Conf
     let mut config = Config::ephemeral();
     config.data_dir = dir.to_path_buf();
     tune(&mut config);
-    Server::start(&config)
-        .await
-        .expect("broker starts on ephemeral ports")
+    start_with(&config).await
+}
+
+/// A broker with `config`, waiting out a lock a forked child still holds.
+pub async fn start_with(config: &Config) -> Server {
+    // A restart in the same directory can find the last broker's lock
+    // still held: a child process that another test in this binary is
+    // starting got a copy of the lock's descriptor at its fork and keeps
+    // it until its exec. The lock has no release to wait for, so this
+    // polls, within the bound any wait here gets.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match Server::start(config).await {
+            Err(ferrymq::server::StartError::Data { reason, .. })
+                if reason.contains("in use") && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            started => return started.expect("broker starts on ephemeral ports"),
+        }
+    }
 }
 
 /// The AMQP URI of a running broker.
