@@ -16,7 +16,9 @@ use super::names::{DeliveryId, IdMap};
 /// Fewest slots, once there is a table at all.
 const MIN_SLOTS: usize = 16;
 /// A table this large or smaller is kept when it empties; a larger one,
-/// grown for a burst, is let go.
+/// grown for a burst, shrinks back to it. Letting it go entirely made
+/// every burst of a fan-out subscriber's deliveries regrow it from the
+/// smallest size, rehashing at each step (half of `insert`'s samples).
 const KEEP_SLOTS: usize = 64;
 
 /// Drop-in for the `IdMap<DeliveryId, V>` it replaces.
@@ -111,7 +113,10 @@ impl<V> DeliveryMap<V> {
             _ => self.spill.remove(id),
         };
         if value.is_some() && self.is_empty() && self.slots.len() > KEEP_SLOTS {
-            self.slots = Vec::new();
+            // Every slot is empty: the first KEEP_SLOTS (a power of two)
+            // are a valid table.
+            self.slots.truncate(KEEP_SLOTS);
+            self.slots.shrink_to_fit();
         }
         value
     }

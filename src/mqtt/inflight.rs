@@ -11,6 +11,8 @@
 
 /// Fewest slots, once there is a table at all.
 const MIN_SLOTS: usize = 16;
+/// A table this large or smaller is kept when it empties.
+const KEEP_SLOTS: usize = MIN_SLOTS * 64;
 /// Packet ids are 16 bits: this many slots separate every id.
 const MAX_SLOTS: usize = 1 << 16;
 
@@ -99,9 +101,12 @@ impl<T> InFlight<T> {
         let i = self.slot(id);
         let (_, value) = self.slots[i].take()?;
         self.len -= 1;
-        if self.len == 0 && self.slots.len() > MIN_SLOTS * 64 {
-            // A burst is over: its table is not kept.
-            self.slots = Vec::new();
+        if self.len == 0 && self.slots.len() > KEEP_SLOTS {
+            // A burst is over: its table shrinks back (every slot is
+            // empty, so the first KEEP_SLOTS are a valid table). Letting
+            // it go made the next burst regrow it from the smallest size.
+            self.slots.truncate(KEEP_SLOTS);
+            self.slots.shrink_to_fit();
         }
         Some(value)
     }
