@@ -287,6 +287,23 @@ impl Message {
         self.0.earlier + self.0.received.elapsed()
     }
 
+    /// The same message with its body in an allocation of its own. A body
+    /// that arrived in a read buffer is a slice of it and keeps the whole
+    /// buffer (up to 64 KiB) alive: a message kept for long (a retained
+    /// one) should not hold the reads it came in with.
+    pub fn with_own_body(&self) -> Self {
+        let d = &self.0;
+        Self(Arc::new(MessageData {
+            exchange: d.exchange.clone(),
+            routing_key: d.routing_key.clone(),
+            properties: d.properties.clone(),
+            body: Bytes::copy_from_slice(&d.body),
+            received: d.received,
+            earlier: d.earlier,
+            origin: d.origin.clone(),
+        }))
+    }
+
     /// A copy with other routing and properties; the body stays shared.
     pub fn rerouted(
         &self,

@@ -61,8 +61,9 @@ impl RetainedStore {
             map.remove(message.routing_key())?;
             Change::RetainedCleared(message.routing_key().clone())
         } else {
-            map.insert(message.routing_key().clone(), message.clone());
-            Change::RetainedSet(message.clone())
+            let kept = message.with_own_body();
+            map.insert(message.routing_key().clone(), kept.clone());
+            Change::RetainedSet(kept)
         };
         Some(record(change))
     }
@@ -73,7 +74,7 @@ impl RetainedStore {
         if message.body().is_empty() {
             map.remove(message.routing_key());
         } else {
-            map.insert(message.routing_key().clone(), message);
+            map.insert(message.routing_key().clone(), message.with_own_body());
         }
     }
 
