@@ -51,6 +51,8 @@ pub const MESSAGES_ACKNOWLEDGED: &str = "ferrymq_messages_acknowledged_total";
 pub const MESSAGES_REJECTED: &str = "ferrymq_messages_rejected_total";
 /// Unroutable mandatory messages returned to their publisher, by protocol.
 pub const MESSAGES_RETURNED: &str = "ferrymq_messages_returned_total";
+/// Times a publisher waited for a queue's consumers to catch up, by protocol.
+pub const PUBLISHER_WAITS: &str = "ferrymq_publisher_waits_total";
 /// Messages republished to a dead-letter exchange, by reason.
 pub const MESSAGES_DEAD_LETTERED: &str = "ferrymq_messages_dead_lettered_total";
 /// Messages whose TTL ran out, dead-lettered or dropped.
@@ -100,7 +102,7 @@ const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 /// Help text for every metric the exporter holds.
-const DESCRIPTIONS: [(&str, &str); 21] = [
+const DESCRIPTIONS: [(&str, &str); 22] = [
     (CONNECTIONS, "Open client connections."),
     (
         CHANNELS,
@@ -135,6 +137,10 @@ const DESCRIPTIONS: [(&str, &str); 21] = [
     (
         MESSAGES_RETURNED,
         "Unroutable mandatory messages returned to their publisher.",
+    ),
+    (
+        PUBLISHER_WAITS,
+        "Times a publisher stopped reading to let a queue's consumers catch up.",
     ),
     (
         MESSAGES_DEAD_LETTERED,
@@ -175,7 +181,7 @@ struct ProtocolHandles {
     connections: Gauge,
     channels: Gauge,
     consumers: Gauge,
-    counters: [(Counter, ReadCount); 8],
+    counters: [(Counter, ReadCount); 9],
 }
 
 /// The exporter and the handles a scrape fills in.
@@ -245,6 +251,7 @@ impl Metrics {
                         (counter(MESSAGES_ACKNOWLEDGED, &l), |s| s.acknowledged.get()),
                         (counter(MESSAGES_REJECTED, &l), |s| s.rejected.get()),
                         (counter(MESSAGES_RETURNED, &l), |s| s.returned.get()),
+                        (counter(PUBLISHER_WAITS, &l), |s| s.publisher_waits.get()),
                     ],
                 };
                 (p, handles)

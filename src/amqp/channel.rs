@@ -1269,6 +1269,10 @@ impl Session {
     ) -> Result<(), Reply> {
         let vhost = self.vhost();
         let outcome = vhost.publish(message.clone()).map_err(|e| reply(&e))?;
+        if let Some(q) = outcome.behind {
+            let waits = &self.stats.protocol(Protocol::Amqp).publisher_waits;
+            self.flow.note(q, self.conn_id, waits);
+        }
         let amqp = self.stats.protocol(Protocol::Amqp);
         amqp.published.inc();
         if outcome.queues == 0 && !outcome.rejected {

@@ -16,6 +16,8 @@ use super::error::CONNECTION_FORCED;
 use super::session::{FRAME_MAX, Session};
 use crate::core::Broker;
 use crate::core::event_channel::PublishPacer;
+use crate::core::publisher_flow::wait_for;
+use crate::core::queue::Queue;
 
 /// Events taken from the connection's channel per wake-up.
 const EVENT_BATCH: usize = 512;
@@ -48,6 +50,9 @@ where
     let mut last_write = started;
     let mut close_deadline: Option<Instant> = None;
     let mut eof = false;
+    // A queue whose consumers this connection's publishes outran, and how
+    // long it waits for them (core/publisher_flow.rs).
+    let mut behind: Option<(Arc<Queue>, Instant)> = None;
 
     loop {
         if writing.is_empty() && !wbuf.is_empty() {
@@ -80,6 +85,7 @@ where
         let can_read = !eof
             && (!session.is_done() || session.closed_by_client())
             && !session.is_held()
+            && behind.is_none()
             && wbuf.len() < WRITE_HIGH_WATER;
         tokio::select! {
             r = wr.write_buf(&mut writing), if !writing.is_empty() => {
@@ -103,6 +109,20 @@ where
                 if !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer).await {
                     eof = true;
                 }
+                behind = session.flow().take();
+            }
+            () = async {
+                let (q, until) = behind.as_ref().expect("guarded by is_some");
+                wait_for(q, *until).await;
+            }, if behind.is_some() => {
+                let (q, _) = behind.take().expect("guarded by is_some");
+                session.flow().waited(q);
+                last_read = Instant::now();
+                // Frames left in the buffer when the wait began.
+                if !session.is_held() && !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer).await {
+                    eof = true;
+                }
+                behind = session.flow().take();
             }
             r = alarms.changed() => {
                 if r.is_err() { break; }
@@ -112,6 +132,9 @@ where
                 // Frames held back while blocked are handled now.
                 if !session.is_held() && !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer).await {
                     eof = true;
+                }
+                if let Some(b) = session.flow().take() {
+                    behind = Some(b);
                 }
             }
             n = rx.recv_many(&mut batch, EVENT_BATCH) => {
@@ -185,7 +208,7 @@ async fn drain_frames(
 ) -> bool {
     let mut ok = true;
     let mut pacer = PublishPacer::default();
-    while !session.is_held() && !session.is_done() {
+    while !session.is_held() && !session.flow().is_behind() && !session.is_done() {
         match codec.decode(rbuf) {
             Ok(Some(frame)) => {
                 // Only a publish carries a content header from a client.

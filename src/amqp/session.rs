@@ -15,6 +15,7 @@ use super::error::*;
 use crate::core::alarm::Alarms;
 use crate::core::change::LogPosition;
 use crate::core::names::IdMap;
+use crate::core::publisher_flow::PublisherFlow;
 use crate::core::queue::Queue;
 use crate::core::{
     Access, Broker, ConnectionId, ConnectionInfo, ConsumerId, DeliveryId, Event, EventSink,
@@ -84,6 +85,9 @@ pub struct Session {
     alarms: Alarms,
     /// A publish arrived during an alarm: read nothing more until it clears.
     held: bool,
+    /// A queue published to whose consumers are behind: the connection
+    /// reads nothing more until they catch up (or a while has passed).
+    pub(super) flow: PublisherFlow,
     /// connection.blocked was sent and unblocked is still due.
     told_blocked: bool,
     /// The client asked to close (we answered close-ok).
@@ -124,6 +128,7 @@ impl Session {
             durable: 0,
             alarms: Alarms::default(),
             held: false,
+            flow: PublisherFlow::default(),
             told_blocked: false,
             client_closed: false,
             stats: broker.stats.clone(),
@@ -761,6 +766,11 @@ impl Session {
     /// Input is held back until the alarms clear.
     pub fn is_held(&self) -> bool {
         self.held
+    }
+
+    /// Queues this connection's publishes found behind (core/publisher_flow.rs).
+    pub fn flow(&mut self) -> &mut PublisherFlow {
+        &mut self.flow
     }
 
     /// The client closed the connection and was sent close-ok.

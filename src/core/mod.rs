@@ -16,6 +16,7 @@ pub mod exchange;
 pub mod message;
 pub mod names;
 pub mod pattern;
+pub mod publisher_flow;
 pub mod queue;
 pub mod ready_index;
 pub mod retained;

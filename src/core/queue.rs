@@ -9,7 +9,7 @@
 //! queue locks at once: dead letters are collected under the lock and routed
 //! by the vhost after it is released (see docs/architecture.md).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +37,14 @@ pub const SEND_WINDOW: u32 = 1024;
 
 /// `Delivered` records a queue keeps room for between dispatches.
 const MAX_KEPT_DELIVERED_LOG: usize = 128;
+
+/// Ready messages, with consumers attached, at which a queue's consumers
+/// count as behind and its publishers wait for them; and the count at
+/// which they have caught up again. Without this a publisher held back
+/// only by its confirms outran a consumer bound by its acks' round trip,
+/// and every message then waited behind the backlog it left.
+pub const BEHIND_AT: usize = 2000;
+pub const CAUGHT_UP_AT: usize = 500;
 
 /// What to do when a queue is full (`x-overflow`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,6 +239,8 @@ pub struct Enqueued {
     pub dead: Vec<DeadLetter>,
     /// The journal position a publisher's confirm must wait for.
     pub durable_at: Option<LogPosition>,
+    /// The queue's consumers are behind (`Queue::is_behind`).
+    pub behind: bool,
 }
 
 /// One handed-out message returned by `get`.
@@ -399,6 +409,10 @@ pub struct Queue {
     stats: Arc<Stats>,
     /// Woken when the next deadline (TTL, x-expires) may have moved earlier.
     pub(crate) timer: Notify,
+    /// Its consumers are behind: publishers to it wait (see `backlogged`).
+    behind: AtomicBool,
+    /// Woken when `behind` clears.
+    caught_up: Notify,
 }
 
 /// A queue's counts at one instant.
@@ -485,6 +499,8 @@ impl Queue {
             }),
             stats,
             timer: Notify::new(),
+            behind: AtomicBool::new(false),
+            caught_up: Notify::new(),
         })
     }
 
@@ -746,7 +762,45 @@ impl Queue {
         if expires_at.is_some() && st.ready.len() == 1 {
             self.timer.notify_one();
         }
+        if st.ready.len() >= BEHIND_AT && !st.consumers.is_empty() {
+            self.behind.store(true, Ordering::Release);
+            out.behind = true;
+        }
         out
+    }
+
+    /// Its consumers have fallen behind its publishers: more than
+    /// `BEHIND_AT` messages wait while consumers are attached.
+    pub fn is_behind(&self) -> bool {
+        self.behind.load(Ordering::Acquire)
+    }
+
+    /// One of its consumers belongs to `owner`.
+    pub fn has_consumer_of(&self, owner: ConnectionId) -> bool {
+        self.lock().consumers.iter().any(|c| c.spec.owner == owner)
+    }
+
+    /// Returns once the consumers have caught up (or left).
+    pub async fn caught_up(&self) {
+        loop {
+            let woken = self.caught_up.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if !self.is_behind() {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// Called wherever ready messages leave or consumers go.
+    fn check_caught_up(&self, st: &State) {
+        if self.behind.load(Ordering::Relaxed)
+            && (st.ready.len() <= CAUGHT_UP_AT || st.consumers.is_empty() || st.deleted)
+        {
+            self.behind.store(false, Ordering::Release);
+            self.caught_up.notify_waiters();
+        }
     }
 
     fn would_overflow(&self, st: &State, incoming: u64) -> bool {
@@ -923,6 +977,7 @@ impl Queue {
     fn dispatch(&self, st: &mut State, dead: &mut Vec<DeadLetter>) {
         self.dispatch_ready(st, dead);
         self.log_delivered_batch(st);
+        self.check_caught_up(st);
     }
 
     fn dispatch_ready(&self, st: &mut State, dead: &mut Vec<DeadLetter>) {
@@ -1032,6 +1087,7 @@ impl Queue {
                 self.timer.notify_one();
             }
         }
+        self.check_caught_up(&st);
         after
     }
 
@@ -1158,6 +1214,7 @@ impl Queue {
                 self.log_removed(key.1, &entry);
             }
             let remaining = st.ready.len();
+            self.check_caught_up(&st);
             return (
                 Some(Got {
                     id,
@@ -1182,6 +1239,7 @@ impl Queue {
         let n = st.ready.len();
         st.ready.clear();
         st.ready_bytes = 0;
+        self.check_caught_up(&st);
         n
     }
 
@@ -1226,6 +1284,7 @@ impl Queue {
         for c in st.consumers.drain(..) {
             let _ = c.spec.sink.send(Event::ConsumerCancelled(c.spec.id));
         }
+        self.check_caught_up(&st);
         drop(st);
         self.timer.notify_one();
         n
@@ -1278,6 +1337,7 @@ impl Queue {
                 break;
             }
         }
+        self.check_caught_up(&st);
         let mut next = st.ready.first().and_then(|(_, e)| e.expires_at);
         if let Some(ms) = self.args.expires
             && st.consumers.is_empty()
@@ -1501,6 +1561,86 @@ mod tests {
         assert_eq!(more.iter().map(body).collect::<Vec<_>>(), ["2"]);
         assert_eq!(q.message_count(), 2);
         assert_eq!(q.unacked_count(), 2);
+    }
+
+    #[test]
+    fn consumers_fall_behind_at_a_backlog_and_catch_up_when_it_drains() {
+        let q = queue(&[]);
+        // No consumer: a backlog is storage, not consumers falling behind.
+        for i in 0..BEHIND_AT {
+            assert!(!q.enqueue(msg(&i.to_string())).behind);
+        }
+        assert!(!q.is_behind());
+        let (spec, mut rx) = consumer(100, 0);
+        let me = spec.id;
+        q.consume(spec).expect("consume");
+        // Reads, writes and acks what the consumer was sent.
+        let mut take = |q: &Queue| {
+            let ids: Vec<_> = drain(&mut rx).iter().map(|d| d.id).collect();
+            q.sent(me, ids.len() as u32);
+            q.settle(&ids, Settle::Ack);
+            ids.len()
+        };
+        // It took the first 100 (its prefetch); behind from BEHIND_AT ready.
+        for _ in 1..100 {
+            assert!(!q.enqueue(msg("more")).behind);
+        }
+        assert!(q.enqueue(msg("more")).behind, "a consumer is attached now");
+        assert_eq!(q.message_count(), BEHIND_AT);
+        assert!(q.is_behind());
+        let woken = Arc::new(Woken::default());
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut waiting = std::pin::pin!(q.caught_up());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        // Acks that leave more than CAUGHT_UP_AT ready keep it behind.
+        let mut acked = 0;
+        while q.message_count() > CAUGHT_UP_AT + 100 {
+            let n = take(&q);
+            assert!(n > 0, "behind with nothing to ack");
+            acked += n;
+            assert!(q.is_behind(), "{} ready", q.message_count());
+        }
+        assert!(!woken.0.load(Ordering::SeqCst));
+        while q.is_behind() {
+            let n = take(&q);
+            assert!(n > 0, "behind with nothing to ack");
+            acked += n;
+        }
+        assert!(q.message_count() <= CAUGHT_UP_AT);
+        assert!(acked >= BEHIND_AT - CAUGHT_UP_AT);
+        assert!(woken.0.load(Ordering::SeqCst));
+        assert!(waiting.as_mut().poll(&mut cx).is_ready());
+    }
+
+    /// Records that it was woken.
+    #[derive(Default)]
+    struct Woken(AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_consumer_leaving_or_a_purge_ends_falling_behind() {
+        let q = queue(&[]);
+        let (spec, _rx) = consumer(1, 0);
+        let id = spec.id;
+        q.consume(spec).expect("consume");
+        for i in 0..=BEHIND_AT {
+            q.enqueue(msg(&i.to_string()));
+        }
+        assert!(q.is_behind());
+        q.cancel(id);
+        assert!(!q.is_behind(), "no consumer is left to wait for");
+        let (spec, _rx) = consumer(1, 0);
+        q.consume(spec).expect("consume");
+        q.enqueue(msg("again"));
+        assert!(q.is_behind());
+        q.purge();
+        assert!(!q.is_behind());
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub struct ProtocolStats {
     pub rejected: HotCount,
     /// Unroutable mandatory messages returned to their publisher.
     pub returned: HotCount,
+    /// Times a publisher stopped reading to let a queue's consumers catch
+    /// up (`Queue::is_behind`).
+    pub publisher_waits: HotCount,
 }
 
 /// The broker's counters.

@@ -84,7 +84,7 @@ struct Meta {
 }
 
 /// What a publish did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone)]
 pub struct PublishOutcome {
     /// Queues that took the message.
     pub queues: usize,
@@ -93,6 +93,9 @@ pub struct PublishOutcome {
     /// The journal position the confirm must wait for, if any queue
     /// journalled it.
     pub durable_at: Option<super::change::LogPosition>,
+    /// A queue it went to whose consumers are behind: the publisher should
+    /// wait for them (`Queue::caught_up`) before it reads more.
+    pub behind: Option<Arc<Queue>>,
 }
 
 /// The result of a queue declaration.
@@ -799,6 +802,9 @@ impl VHost {
             };
             let mut result = queue.enqueue(copy);
             outcome.durable_at = outcome.durable_at.max(result.durable_at);
+            if result.behind && outcome.behind.is_none() {
+                outcome.behind = Some(queue.clone());
+            }
             if result.rejected {
                 outcome.rejected = true;
             } else {

@@ -18,6 +18,8 @@ use super::session::{Session, Settings};
 use crate::core::Broker;
 use crate::core::alarm::Alarms;
 use crate::core::event_channel::PublishPacer;
+use crate::core::publisher_flow::wait_for;
+use crate::core::queue::Queue;
 
 /// Events taken from the connection's channel per wake-up.
 const EVENT_BATCH: usize = 512;
@@ -63,6 +65,9 @@ where
     let mut last_write = started;
     let mut close_deadline: Option<Instant> = None;
     let mut eof = false;
+    // A queue whose consumers this connection's SENDs outran, and how long
+    // it waits for them (core/publisher_flow.rs).
+    let mut behind: Option<(Arc<Queue>, Instant)> = None;
 
     loop {
         if writing.is_empty() && !wbuf.is_empty() {
@@ -73,7 +78,11 @@ where
             break;
         }
         let beat = session.heartbeat();
-        let can_read = !eof && !held && session.is_reading() && wbuf.len() < WRITE_HIGH_WATER;
+        let can_read = !eof
+            && !held
+            && behind.is_none()
+            && session.is_reading()
+            && wbuf.len() < WRITE_HIGH_WATER;
         let idle_out = wbuf.is_empty() && writing.is_empty();
         let now = Instant::now();
         let deadline = if let Some(at) = close_deadline {
@@ -114,6 +123,20 @@ where
                 if n == 0 {
                     eof = true;
                 }
+                behind = session.flow().take();
+            }
+            () = async {
+                let (q, until) = behind.as_ref().expect("guarded by is_some");
+                wait_for(q, *until).await;
+            }, if behind.is_some() => {
+                let (q, _) = behind.take().expect("guarded by is_some");
+                session.flow().waited(q);
+                last_read = Instant::now();
+                // Frames that came in behind the SEND that began the wait.
+                if !held {
+                    held = decode_input(&mut codec, &mut rbuf, eof, &mut session, &mut wbuf, alarms.as_ref(), peer).await;
+                    behind = session.flow().take();
+                }
             }
             r = async { alarms.as_mut().expect("guarded by is_some").changed().await },
                 if alarms.is_some() && held => {
@@ -124,6 +147,9 @@ where
                     // Frames that came in behind the held SEND go first.
                     last_read = Instant::now();
                     held = decode_input(&mut codec, &mut rbuf, eof, &mut session, &mut wbuf, alarms.as_ref(), peer).await;
+                    if behind.is_none() {
+                        behind = session.flow().take();
+                    }
                 }
             }
             n = rx.recv_many(&mut batch, EVENT_BATCH) => {
@@ -229,6 +255,9 @@ async fn decode_input(
                 }
                 if send && alarms.is_some_and(|a| a.borrow().any()) {
                     break true;
+                }
+                if session.flow().is_behind() {
+                    break false;
                 }
                 if send {
                     pacer.published().await;

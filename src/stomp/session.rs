@@ -19,6 +19,7 @@ use super::properties::{self, epoch_millis};
 use super::subscription::{Outstanding, Subscription, TempQueue};
 use crate::core::change::LogPosition;
 use crate::core::names::IdMap;
+use crate::core::publisher_flow::PublisherFlow;
 use crate::core::queue::Queue;
 use crate::core::{
     Access, Broker, ConnectionId, ConnectionInfo, ConsumerId, DeliveryId, Event, EventSink,
@@ -149,6 +150,8 @@ pub struct Session {
     /// Subscriptions last reported to the registry.
     listed_subs: usize,
     write_allowed: WriteCache,
+    /// Queues this connection's SENDs found behind (core/publisher_flow.rs).
+    flow: PublisherFlow,
 }
 
 /// Deliveries written for one consumer since the last socket write.
@@ -198,6 +201,7 @@ impl Session {
             sent: IdMap::default(),
             registration: None,
             listed_subs: 0,
+            flow: PublisherFlow::default(),
             write_allowed: WriteCache::default(),
         }
     }
@@ -213,6 +217,10 @@ impl Session {
     /// CONNECT has been answered with CONNECTED.
     pub fn is_connected(&self) -> bool {
         matches!(self.stage, Stage::Open | Stage::Closing)
+    }
+    /// Queues this connection's SENDs found behind.
+    pub fn flow(&mut self) -> &mut PublisherFlow {
+        &mut self.flow
     }
     /// More frames are welcome.
     pub fn is_reading(&self) -> bool {
@@ -572,6 +580,10 @@ impl Session {
     /// reject-publish) is an error, as a nack would be in AMQP.
     fn publish(&mut self, message: Message, receipted: bool) -> Handled {
         let outcome = self.vhost().publish(message)?;
+        if let Some(q) = outcome.behind {
+            let waits = &self.broker.stats.protocol(Protocol::Stomp).publisher_waits;
+            self.flow.note(q, self.conn_id, waits);
+        }
         if outcome.rejected && receipted {
             return Err(StompError::new(
                 "Message rejected",
