@@ -17,7 +17,8 @@ use stomp_common::{Client, frame};
 /// Above the core's `BEHIND_AT`, so the consumers fall behind in each test.
 const MESSAGES: u32 = 5000;
 
-async fn declare(ch: &Channel, queue: &str) {
+/// Declares `queue` and consumes from it with manual acks at `prefetch`.
+async fn consume(ch: &Channel, queue: &str, prefetch: u16) -> lapin::Consumer {
     ch.queue_declare(
         queue.into(),
         QueueDeclareOptions::default(),
@@ -25,6 +26,21 @@ async fn declare(ch: &Channel, queue: &str) {
     )
     .await
     .expect("queue declared");
+    ch.basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    ch.basic_consume(
+        queue.into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("consume")
+}
+
+fn waits(server: &ferrymq::server::Server, protocol: Protocol) -> u64 {
+    server.broker.stats.protocol(protocol).publisher_waits.get()
 }
 
 /// Publishes `MESSAGES` numbered messages with confirms, all sent before
@@ -74,19 +90,7 @@ async fn a_stopped_consumer_slows_its_publisher_once_and_does_not_stop_it() {
     let server = start().await;
     let consuming = connect(&server).await;
     let cch = consuming.create_channel().await.expect("channel");
-    declare(&cch, "stuck").await;
-    cch.basic_qos(1, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let mut consumer = cch
-        .basic_consume(
-            "stuck".into(),
-            "never-acks".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = consume(&cch, "stuck", 1).await;
 
     let publishing = connect(&server).await;
     let pch = publishing.create_channel().await.expect("channel");
@@ -98,13 +102,11 @@ async fn a_stopped_consumer_slows_its_publisher_once_and_does_not_stop_it() {
         .expect("delivery");
     assert_eq!(first.data, 0u32.to_be_bytes());
     assert_eq!(ready(&pch, "stuck").await, MESSAGES - 1);
-    let waits = server
-        .broker
-        .stats
-        .protocol(Protocol::Amqp)
-        .publisher_waits
-        .get();
-    assert_eq!(waits, 1, "one wait, then the consumer counts as stopped");
+    assert_eq!(
+        waits(&server, Protocol::Amqp),
+        1,
+        "one wait, then the consumer counts as stopped"
+    );
 }
 
 #[tokio::test]
@@ -112,29 +114,11 @@ async fn a_consumer_on_the_publishers_own_connection_is_not_waited_for() {
     let server = start().await;
     let conn = connect(&server).await;
     let cch = conn.create_channel().await.expect("channel");
-    declare(&cch, "own").await;
-    cch.basic_qos(1, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let _consumer = cch
-        .basic_consume(
-            "own".into(),
-            "same-connection".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let _consumer = consume(&cch, "own", 1).await;
     let pch = conn.create_channel().await.expect("channel");
     publish_confirmed(&pch, "own").await;
     assert_eq!(ready(&pch, "own").await, MESSAGES - 1);
-    let waits = server
-        .broker
-        .stats
-        .protocol(Protocol::Amqp)
-        .publisher_waits
-        .get();
-    assert_eq!(waits, 0);
+    assert_eq!(waits(&server, Protocol::Amqp), 0);
 }
 
 #[tokio::test]
@@ -142,19 +126,7 @@ async fn a_working_consumer_gets_every_message_in_order_while_its_publisher_wait
     let server = start().await;
     let consuming = connect(&server).await;
     let cch = consuming.create_channel().await.expect("channel");
-    declare(&cch, "paced").await;
-    cch.basic_qos(10, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let mut consumer = cch
-        .basic_consume(
-            "paced".into(),
-            "acks".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = consume(&cch, "paced", 10).await;
     let reader = tokio::spawn(async move {
         for i in 0..MESSAGES {
             let d = within("a delivery", consumer.next())
@@ -205,11 +177,9 @@ async fn a_stopped_stomp_subscriber_slows_its_sender_once_and_does_not_stop_it()
         .queue("stuck")
         .expect("the subscription's queue");
     assert_eq!(queue.message_count(), MESSAGES as usize);
-    let waits = server
-        .broker
-        .stats
-        .protocol(Protocol::Stomp)
-        .publisher_waits
-        .get();
-    assert_eq!(waits, 1, "one wait, then the subscriber counts as stopped");
+    assert_eq!(
+        waits(&server, Protocol::Stomp),
+        1,
+        "one wait, then the subscriber counts as stopped"
+    );
 }

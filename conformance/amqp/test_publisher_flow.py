@@ -42,13 +42,18 @@ def test_a_working_consumer_gets_every_message_in_order(connect):
     assert got == list(range(TOTAL))
 
 
+def stopped_consumer(ch, prefix: str) -> str:
+    """A queue whose one consumer takes a message and never acks it."""
+    queue = unique(prefix)
+    ch.queue_declare(queue, auto_delete=True)
+    ch.basic_qos(prefetch_count=1)
+    ch.basic_consume(queue, lambda *_: None)
+    return queue
+
+
 def test_a_stopped_consumer_does_not_stall_its_publisher(connect):
     consumer, publisher = connect(), connect()
-    cch = consumer.channel()
-    queue = unique("stopped")
-    cch.queue_declare(queue, auto_delete=True)
-    cch.basic_qos(prefetch_count=1)
-    cch.basic_consume(queue, lambda *_: None)  # never acks
+    queue = stopped_consumer(consumer.channel(), "stopped")
     publish_all(publisher, queue)
     ready = publisher.channel().queue_declare(queue, passive=True).method.message_count
     assert ready == TOTAL - 1
@@ -56,11 +61,7 @@ def test_a_stopped_consumer_does_not_stall_its_publisher(connect):
 
 def test_a_consumer_on_the_publishers_connection_does_not_stall_it(connect):
     conn = connect()
-    cch = conn.channel()
-    queue = unique("own")
-    cch.queue_declare(queue, auto_delete=True)
-    cch.basic_qos(prefetch_count=1)
-    cch.basic_consume(queue, lambda *_: None)  # never acks
+    queue = stopped_consumer(conn.channel(), "own")
     publish_all(conn, queue)
     ready = conn.channel().queue_declare(queue, passive=True).method.message_count
     assert ready == TOTAL - 1

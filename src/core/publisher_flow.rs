@@ -56,22 +56,30 @@ impl PublisherFlow {
     }
 
     /// The queue to wait for, and until when.
-    pub fn take(&mut self) -> Option<(Arc<Queue>, Instant)> {
+    pub fn take(&mut self) -> Wait {
         self.behind
             .take()
             .map(|q| (q, Instant::now() + BEHIND_WAIT))
     }
 
-    /// The wait for `queue` is over; if its consumers are still behind,
-    /// they are slow and are not waited for again until they catch up.
-    pub fn waited(&mut self, queue: Arc<Queue>) {
-        if queue.is_behind() {
+    /// The wait is over; if the queue's consumers are still behind, they
+    /// are slow and are not waited for again until they catch up.
+    pub fn waited(&mut self, wait: &mut Wait) {
+        if let Some((queue, _)) = wait.take()
+            && queue.is_behind()
+        {
             self.gave_up_on = Some(queue);
         }
     }
 }
 
-/// Returns when `queue`'s consumers have caught up or `until` has come.
-pub async fn wait_for(queue: &Queue, until: Instant) {
-    let _ = tokio::time::timeout_at(until, queue.caught_up()).await;
+/// A queue a connection waits for, and until when.
+pub type Wait = Option<(Arc<Queue>, Instant)>;
+
+/// Returns when the queue's consumers have caught up or the time has come
+/// (at once when there is no wait).
+pub async fn wait_for(wait: &Wait) {
+    if let Some((queue, until)) = wait {
+        let _ = tokio::time::timeout_at(*until, queue.caught_up()).await;
+    }
 }

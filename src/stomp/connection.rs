@@ -18,8 +18,7 @@ use super::session::{Session, Settings};
 use crate::core::Broker;
 use crate::core::alarm::Alarms;
 use crate::core::event_channel::PublishPacer;
-use crate::core::publisher_flow::wait_for;
-use crate::core::queue::Queue;
+use crate::core::publisher_flow::{Wait, wait_for};
 
 /// Events taken from the connection's channel per wake-up.
 const EVENT_BATCH: usize = 512;
@@ -67,7 +66,7 @@ where
     let mut eof = false;
     // A queue whose consumers this connection's SENDs outran, and how long
     // it waits for them (core/publisher_flow.rs).
-    let mut behind: Option<(Arc<Queue>, Instant)> = None;
+    let mut behind: Wait = None;
 
     loop {
         if writing.is_empty() && !wbuf.is_empty() {
@@ -125,12 +124,8 @@ where
                 }
                 behind = session.flow().take();
             }
-            () = async {
-                let (q, until) = behind.as_ref().expect("guarded by is_some");
-                wait_for(q, *until).await;
-            }, if behind.is_some() => {
-                let (q, _) = behind.take().expect("guarded by is_some");
-                session.flow().waited(q);
+            () = wait_for(&behind), if behind.is_some() => {
+                session.flow().waited(&mut behind);
                 last_read = Instant::now();
                 // Frames that came in behind the SEND that began the wait.
                 if !held {
