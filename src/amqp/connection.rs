@@ -124,12 +124,13 @@ where
                 let now = *alarms.borrow_and_update();
                 session.on_alarm(now, &mut wbuf);
                 last_read = Instant::now();
-                // Frames held back while blocked are handled now.
-                if !session.is_held() && !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer).await {
-                    eof = true;
-                }
-                if let Some(b) = session.flow().take() {
-                    behind = Some(b);
+                // Frames held back while blocked are handled now, unless a
+                // wait for a queue's consumers takes them when it ends.
+                if !session.is_held() && behind.is_none() {
+                    if !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer).await {
+                        eof = true;
+                    }
+                    behind = session.flow().take();
                 }
             }
             n = rx.recv_many(&mut batch, EVENT_BATCH) => {

@@ -409,7 +409,7 @@ pub struct Queue {
     stats: Arc<Stats>,
     /// Woken when the next deadline (TTL, x-expires) may have moved earlier.
     pub(crate) timer: Notify,
-    /// Its consumers are behind: publishers to it wait (see `backlogged`).
+    /// Its consumers are behind: publishers to it wait (see `is_behind`).
     behind: AtomicBool,
     /// Woken when `behind` clears.
     caught_up: Notify,
@@ -763,14 +763,19 @@ impl Queue {
             self.timer.notify_one();
         }
         if st.ready.len() >= BEHIND_AT && !st.consumers.is_empty() {
-            self.behind.store(true, Ordering::Release);
+            // Stored only on the change: every publisher of the queue
+            // reads this line.
+            if !self.behind.load(Ordering::Relaxed) {
+                self.behind.store(true, Ordering::Release);
+            }
             out.behind = true;
         }
         out
     }
 
-    /// Its consumers have fallen behind its publishers: more than
-    /// `BEHIND_AT` messages wait while consumers are attached.
+    /// Its consumers have fallen behind its publishers: `BEHIND_AT`
+    /// messages or more wait while consumers are attached, and have not
+    /// yet come down to `CAUGHT_UP_AT`.
     pub fn is_behind(&self) -> bool {
         self.behind.load(Ordering::Acquire)
     }

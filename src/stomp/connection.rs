@@ -139,10 +139,13 @@ where
                     alarms = None;
                 }
                 if alarms.as_ref().is_none_or(|a| !a.borrow().any()) {
-                    // Frames that came in behind the held SEND go first.
-                    last_read = Instant::now();
-                    held = decode_input(&mut codec, &mut rbuf, eof, &mut session, &mut wbuf, alarms.as_ref(), peer).await;
+                    // Frames that came in behind the held SEND go first,
+                    // unless a wait for a queue's consumers takes them
+                    // when it ends.
+                    held = false;
                     if behind.is_none() {
+                        last_read = Instant::now();
+                        held = decode_input(&mut codec, &mut rbuf, eof, &mut session, &mut wbuf, alarms.as_ref(), peer).await;
                         behind = session.flow().take();
                     }
                 }
