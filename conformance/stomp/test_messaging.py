@@ -136,3 +136,20 @@ def test_bodies_with_nul_bytes_arrive_whole(stomp_client):
     m = c.events.message()
     assert m.body == b"a\x00b\x00c"
     assert m.headers["content-length"] == "5"
+
+
+def test_a_stopped_subscriber_does_not_stall_its_sender(stomp_client):
+    """Past 2000 waiting messages a sender waits up to 50 ms for the
+    queue's subscribers to catch up (docs/architecture.md); one that has
+    stopped costs one wait, and every SEND still gets through."""
+    subscriber, sender = stomp_client(), stomp_client()
+    queue = f"/queue/{unique('stopped')}"
+    subscriber.subscribe(queue, "s", ack="client", **{"prefetch-count": "1"})
+    total = 4000
+    for i in range(total):
+        sender.conn.send(queue, str(i))
+    # Receipts come in order: this one follows every SEND before it.
+    sender.receipted(sender.conn.send, queue, "last")
+    first = subscriber.events.message("the first message")
+    assert first.body == "0"
+    assert subscriber.events.messages.empty(), "prefetch 1 and no ack: one message only"
