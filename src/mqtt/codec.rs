@@ -17,7 +17,9 @@
 //! codes). Both halves always carry a size limit: rmqtt-codec reads 0 as
 //! "unlimited".
 
-use bytes::BytesMut;
+use std::num::NonZeroU16;
+
+use bytes::{Buf, BytesMut};
 use rmqtt_codec::error::{DecodeError, EncodeError};
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v3;
@@ -132,6 +134,23 @@ impl Decoder {
                 ProtocolVersion::MQTT3 => State::V3(v3::Codec::new(self.max_in)),
                 ProtocolVersion::MQTT5 => State::V5(v5::Codec::new(self.max_in, self.max_in)),
             };
+        }
+        if !self.mid_packet
+            && let [PUBACK, 2, high, low, ..] = buf[..]
+            && let Some(packet_id) = NonZeroU16::new(u16::from_be_bytes([high, low]))
+        {
+            // A QoS 1 subscriber's every delivery comes back as this
+            // 4-byte PUBACK, the same in 3.1.1 and 5.0 (reason Success, no
+            // properties: MQTT 5 §3.4.2.1). Through rmqtt-codec each one
+            // split a shared handle off the read buffer and built the
+            // packet through two layers: read here, decoding fell from
+            // 7.6 % to 3.6 % of the broker's CPU samples in the fan-out
+            // bench at QoS 1. Anything else, a packet id of 0 included,
+            // still goes to rmqtt-codec.
+            buf.advance(4);
+            return Ok(Some(Inbound::Packet(v5::Packet::PublishAck(ok_ack(
+                packet_id,
+            )))));
         }
         if let [first, len, ..] = buf[..]
             && !self.mid_packet
@@ -391,6 +410,7 @@ fn lift(p: v3::Packet) -> Inbound {
 
 /// Fixed-header first bytes of the two packets that are never longer
 /// than their fixed header.
+const PUBACK: u8 = 0x40;
 const PINGREQ: u8 = 0xC0;
 const PINGRESP: u8 = 0xD0;
 
@@ -1007,6 +1027,64 @@ mod tests {
     }
 
     use super::*;
+
+    /// The PUBACK read past rmqtt-codec must be what rmqtt-codec reads.
+    #[test]
+    fn a_puback_reads_as_rmqtt_codec_reads_it_in_both_versions() {
+        let mut rand = crate::core::delivery_map::test_rng(0x51ed_270b_2740_9f1b);
+        for v5 in [false, true] {
+            let connect: &[u8] = if v5 {
+                b"\x10\x0e\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x01f"
+            } else {
+                b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01f"
+            };
+            let mut d = Decoder::new(512);
+            let mut buf = BytesMut::from(connect);
+            assert!(matches!(d.decode(&mut buf), Ok(Some(Inbound::Connect(..)))));
+            let mut ids: Vec<u16> = vec![1, 2, 0x0102, 0xff00, u16::MAX];
+            ids.extend((0..200).map(|_| (rand() % 65_535 + 1) as u16));
+            for id in ids {
+                let wire = [PUBACK, 2, (id >> 8) as u8, id as u8];
+                let ours = d.decode(&mut BytesMut::from(&wire[..])).expect("decodes");
+                let theirs = if v5 {
+                    v5::Codec::new(512, 512)
+                        .decode(&mut BytesMut::from(&wire[..]))
+                        .expect("rmqtt decodes")
+                        .map(|(p, _)| Inbound::Packet(p))
+                } else {
+                    v3::Codec::new(512)
+                        .decode(&mut BytesMut::from(&wire[..]))
+                        .expect("rmqtt decodes")
+                        .map(|(p, _)| lift(p))
+                };
+                assert_eq!(format!("{ours:?}"), format!("{theirs:?}"), "id {id}");
+            }
+            // Split anywhere, a run of them still reads whole and in order.
+            let wire = [PUBACK, 2, 0, 7, PUBACK, 2, 1, 0, PUBACK, 2, 0, 9];
+            for cut in 0..wire.len() {
+                let mut buf = BytesMut::from(&wire[..cut]);
+                let mut got = Vec::new();
+                while let Some(p) = d.decode(&mut buf).expect("decodes") {
+                    got.push(p);
+                }
+                buf.extend_from_slice(&wire[cut..]);
+                while let Some(p) = d.decode(&mut buf).expect("decodes") {
+                    got.push(p);
+                }
+                let ids: Vec<u16> = got
+                    .iter()
+                    .map(|p| match p {
+                        Inbound::Packet(v5::Packet::PublishAck(a)) => a.packet_id.get(),
+                        other => panic!("PUBACK expected, got {other:?}"),
+                    })
+                    .collect();
+                assert_eq!(ids, [7, 256, 9], "cut at {cut}");
+            }
+            // Packet id 0 is still rmqtt-codec's to refuse.
+            let zero = d.decode(&mut BytesMut::from(&[PUBACK, 2, 0, 0][..]));
+            assert!(zero.is_err(), "{zero:?}");
+        }
+    }
 
     #[test]
     fn a_v311_connect_is_lifted_and_acks_are_lowered() {
