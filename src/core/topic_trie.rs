@@ -18,9 +18,15 @@ struct Leaf<T> {
     value: T,
 }
 
+/// Children by word. The words are clients' own, so the hasher is seeded;
+/// foldhash rather than SipHash, which hashing each word of every
+/// publish's key put at about 1 % of the broker's CPU samples in the MQTT
+/// 1 → 1 QoS 1 bench.
+type Words<T> = HashMap<Arc<str>, Node<T>, foldhash::quality::RandomState>;
+
 #[derive(Debug)]
 struct Node<T> {
-    words: HashMap<Arc<str>, Node<T>>,
+    words: Words<T>,
     star: Option<Box<Node<T>>>,
     hash: Option<Box<Node<T>>>,
     here: Vec<Leaf<T>>,
@@ -29,7 +35,7 @@ struct Node<T> {
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Self {
-            words: HashMap::new(),
+            words: Words::default(),
             star: None,
             hash: None,
             here: Vec::new(),
