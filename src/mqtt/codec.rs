@@ -408,9 +408,10 @@ fn lift(p: v3::Packet) -> Inbound {
     Inbound::Packet(packet)
 }
 
+/// A PUBACK's fixed-header first byte (its flags are always 0).
+const PUBACK: u8 = 0x40;
 /// Fixed-header first bytes of the two packets that are never longer
 /// than their fixed header.
-const PUBACK: u8 = 0x40;
 const PINGREQ: u8 = 0xC0;
 const PINGRESP: u8 = 0xD0;
 
