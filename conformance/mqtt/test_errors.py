@@ -48,6 +48,8 @@ BAD = {
     # A remaining length that promises more than the packet type allows.
     "pingreq-with-a-body": (b"\xc0\x01\x00", 0x81),
     "packet-type-0": (b"\x00\x00", 0x81),
+    # Packet id 0 is never in use (MQTT 5 §2.2.1).
+    "puback-with-packet-id-0": (b"\x40\x02\x00\x00", 0x81),
     "second-connect": (wire.connect("again", version=5), 0x82),
     "wildcard-in-a-topic-name": (wire.publish("a/+/b", b"x"), 0x90),
 }
@@ -63,7 +65,7 @@ def test_bad_input_from_an_mqtt5_client(raw, bystander, case):
     assert_closed_with(offend(raw, V5, data), V5, code)
 
 
-@pytest.mark.parametrize("case", ["subscribe-with-bad-flags", "publish-with-qos-3", "packet-type-0", *sorted(BAD_311)])
+@pytest.mark.parametrize("case", ["subscribe-with-bad-flags", "publish-with-qos-3", "packet-type-0", "puback-with-packet-id-0", *sorted(BAD_311)])
 def test_bad_input_from_a_311_client(raw, bystander, case):
     data = BAD_311.get(case) or BAD[case][0]
     assert_closed_with(offend(raw, "3.1.1", data), "3.1.1", None)
