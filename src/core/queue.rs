@@ -1063,7 +1063,7 @@ impl Queue {
                 .unacked
                 .iter()
                 .filter(|(_, u)| u.consumer == Some(id))
-                .map(|(k, _)| *k)
+                .map(|(k, _)| k)
                 .collect();
             for i in ids {
                 if let Some(u) = st.unacked.remove(&i) {
