@@ -37,7 +37,7 @@ pub const REPLY_TO_TOPIC: &str = "x-reply-to-topic";
 /// Header: correlation data that is not short UTF-8.
 pub const CORRELATION_BYTES: &str = "x-correlation-id";
 /// Header: the QoS the message was published with.
-pub const PUBLISH_QOS: &str = "x-mqtt-publish-qos";
+pub use crate::core::message::PUBLISH_QOS_HEADER as PUBLISH_QOS;
 /// Header: the payload format indicator (1: UTF-8 text).
 pub const PAYLOAD_FORMAT: &str = "x-mqtt-payload-format";
 /// Header: the message was published with the retain flag.
@@ -112,12 +112,11 @@ pub fn to_core(p: &Inbound<'_>) -> Properties {
 /// The QoS a message was published with: the header if an MQTT client
 /// published it, else 1 for persistent messages and 0 otherwise.
 pub fn published_qos(m: &Message) -> QoS {
-    let p = m.properties();
-    match p.headers.get(PUBLISH_QOS).and_then(Value::as_i64) {
+    match m.publish_qos() {
         Some(2) => QoS::ExactlyOnce,
         Some(1) => QoS::AtLeastOnce,
         Some(_) => QoS::AtMostOnce,
-        None if p.persistent => QoS::AtLeastOnce,
+        None if m.properties().persistent => QoS::AtLeastOnce,
         None => QoS::AtMostOnce,
     }
 }
