@@ -9,7 +9,7 @@ pub mod binding_options;
 pub mod change;
 pub mod connections;
 pub mod delivery;
-pub mod delivery_map;
+pub mod id_ring;
 pub mod error;
 pub mod event_channel;
 pub mod exchange;

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use super::change::{Change, ChangeLog, LogPosition, Logged};
 use super::delivery::{Delivery, Event, EventSink, Settle};
-use super::delivery_map::DeliveryMap;
+use super::id_ring::DeliveryMap;
 use super::error::{CoreError, CoreResult};
 use super::message::{Headers, Message, Value};
 use super::names::{

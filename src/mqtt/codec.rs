@@ -1032,7 +1032,7 @@ mod tests {
     /// The PUBACK read past rmqtt-codec must be what rmqtt-codec reads.
     #[test]
     fn a_puback_reads_as_rmqtt_codec_reads_it_in_both_versions() {
-        let mut rand = crate::core::delivery_map::test_rng(0x51ed_270b_2740_9f1b);
+        let mut rand = crate::core::id_ring::test_rng(0x51ed_270b_2740_9f1b);
         for v5 in [false, true] {
             let connect: &[u8] = if v5 {
                 b"\x10\x0e\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x01f"

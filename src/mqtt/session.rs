@@ -815,7 +815,7 @@ impl Session {
                 let acked = self
                     .flows
                     .as_mut()
-                    .and_then(|f| f.outbound.remove(a.packet_id.get()));
+                    .and_then(|f| f.outbound.remove(&a.packet_id.get()));
                 if let Some(o) = acked {
                     self.count_acknowledged();
                     if let Some((q, id)) = o.settle {
@@ -827,7 +827,7 @@ impl Session {
             }
             P::PublishReceived(a) => {
                 let id = a.packet_id.get();
-                let received = self.flows.as_mut().and_then(|f| f.outbound.remove(id));
+                let received = self.flows.as_mut().and_then(|f| f.outbound.remove(&id));
                 if let Some(o) = received {
                     self.count_acknowledged();
                     if let Some((q, did)) = o.settle {
@@ -1535,13 +1535,12 @@ impl Session {
     }
 
     fn alloc_packet_id(&mut self) -> NonZeroU16 {
-        self.flows().outbound.reserve_one();
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            // An id whose slot is taken waits for a later round: any
-            // free id will do.
-            let in_use = self.flows.as_ref().is_some_and(|f| !f.outbound.is_free(id));
+            // An id still in use waits for a later round: any free id
+            // will do.
+            let in_use = self.flows.as_ref().is_some_and(|f| f.outbound.contains(&id));
             if !in_use && !self.persist().released.contains(&id) {
                 return NonZeroU16::new(id).expect("ids start at 1");
             }

@@ -1,22 +1,24 @@
-//! A queue's unsettled deliveries, by delivery id.
+//! Entries keyed by ids handed out in order and mostly settled in order:
+//! a queue's unsettled deliveries (by delivery id) and an MQTT session's
+//! unacknowledged PUBLISHes (by packet id).
 //!
-//! Every delivery to a consumer that acknowledges is one insert here and,
-//! at its ack, one remove. A queue numbers its deliveries in order and
-//! consumers settle them mostly in order, but a hash map scatters
-//! consecutive ids over its table: with a prefetch of a thousand, nearly
-//! every insert and remove missed the cache (12% of broker CPU in the MQTT
-//! fan-out bench). Here the ids in flight are a ring indexed by id less
-//! the oldest id's: a delivery is a push at the back and an in-order ack a
-//! pop at the front. A table indexed by id modulo its size did the same
-//! until it had to grow: every burst that outgrew it rehashed it and
-//! zeroed the new slots at each doubling (2.3% of broker CPU in the same
-//! bench), where the ring grows by copying what it holds. A delivery kept
-//! for long (a consumer holding it) would stretch the ring over every id
-//! since; once the ring is mostly gaps it moves to a small hash map
-//! beside it instead, so the ring is sized by how many deliveries are
-//! unsettled, never by how far apart.
+//! Every delivery to a consumer that acknowledges is one insert and, at
+//! its ack, one remove. A hash map scatters consecutive ids over its
+//! table: with a prefetch of a thousand, nearly every insert and remove
+//! missed the cache (12% of broker CPU in the MQTT fan-out bench). Here
+//! the ids in flight are a ring indexed by id less the oldest id's: a
+//! delivery is a push at the back and an in-order ack a pop at the front.
+//! Tables indexed by id modulo their size did the same until they had to
+//! grow: every burst that outgrew one rehashed it and zeroed the new slots
+//! at each doubling (2.3% of broker CPU in the same bench for a queue's,
+//! 1.5% for a session's), where the ring grows by copying what it holds.
+//! An entry kept for long (a consumer holding a delivery) would stretch
+//! the ring over every id since; once the ring is mostly gaps it moves to
+//! a small hash map beside it instead, so the ring is sized by how many
+//! entries there are, never by how far apart.
 
 use std::collections::VecDeque;
+use std::hash::Hash;
 
 use super::names::{DeliveryId, IdMap};
 
@@ -25,33 +27,64 @@ use super::names::{DeliveryId, IdMap};
 /// every burst of a fan-out subscriber's deliveries regrow it from the
 /// smallest size.
 const KEEP_SLOTS: usize = 64;
-/// The ring may be this many times longer than the deliveries in it
-/// (plus `KEEP_SLOTS`) before its oldest go to the spill map.
+/// The ring may be this many times longer than the entries in it (plus
+/// `KEEP_SLOTS`) before its oldest go to the spill map.
 const MAX_SPREAD: usize = 4;
 
-/// Drop-in for the `IdMap<DeliveryId, V>` it replaces.
-#[derive(Debug)]
-pub struct DeliveryMap<V> {
-    /// `ring[i]` is id `base + i`; never starts with a gap.
-    ring: VecDeque<Option<V>>,
-    base: u64,
-    in_ring: usize,
-    /// Ids outside the ring: older than `base`, or moved out of it.
-    spill: IdMap<DeliveryId, V>,
+/// An id handed out in order.
+pub trait RingId: Copy + Eq + Hash {
+    /// How far past `base` it is, if it is (16-bit packet ids wrap: every
+    /// id is past every other).
+    fn offset_from(self, base: Self) -> Option<usize>;
+    /// The id `n` past this one.
+    fn advanced(self, n: usize) -> Self;
 }
 
-impl<V> Default for DeliveryMap<V> {
+impl RingId for DeliveryId {
+    fn offset_from(self, base: Self) -> Option<usize> {
+        usize::try_from(self.0.checked_sub(base.0)?).ok()
+    }
+    fn advanced(self, n: usize) -> Self {
+        DeliveryId(self.0 + n as u64)
+    }
+}
+
+impl RingId for u16 {
+    fn offset_from(self, base: Self) -> Option<usize> {
+        Some(usize::from(self.wrapping_sub(base)))
+    }
+    fn advanced(self, n: usize) -> Self {
+        // Truncation is the point: ids wrap.
+        self.wrapping_add(n as u16)
+    }
+}
+
+/// Drop-in for the `IdMap<K, V>` it replaces.
+#[derive(Debug)]
+pub struct IdRing<K: RingId, V> {
+    /// `ring[i]` is id `base` advanced by `i`; never starts with a gap.
+    ring: VecDeque<Option<V>>,
+    base: Option<K>,
+    in_ring: usize,
+    /// Ids outside the ring: behind `base`, far ahead of it, or moved out.
+    spill: IdMap<K, V>,
+}
+
+/// A queue's unsettled deliveries.
+pub type DeliveryMap<V> = IdRing<DeliveryId, V>;
+
+impl<K: RingId, V> Default for IdRing<K, V> {
     fn default() -> Self {
         Self {
             ring: VecDeque::new(),
-            base: 0,
+            base: None,
             in_ring: 0,
             spill: IdMap::default(),
         }
     }
 }
 
-impl<V> DeliveryMap<V> {
+impl<K: RingId, V> IdRing<K, V> {
     pub fn len(&self) -> usize {
         self.in_ring + self.spill.len()
     }
@@ -60,14 +93,18 @@ impl<V> DeliveryMap<V> {
         self.len() == 0
     }
 
+    /// How far `id` is past the ring's start.
+    fn offset(&self, id: K) -> Option<usize> {
+        id.offset_from(self.base?)
+    }
+
     /// `id`'s place in the ring, if the ring spans it.
-    fn offset(&self, id: DeliveryId) -> Option<usize> {
-        let off = usize::try_from(id.0.checked_sub(self.base)?).ok()?;
-        (off < self.ring.len()).then_some(off)
+    fn place(&self, id: K) -> Option<usize> {
+        self.offset(id).filter(|&off| off < self.ring.len())
     }
 
     /// Adds or replaces `id`'s value; returns the value it replaced.
-    pub fn insert(&mut self, id: DeliveryId, value: V) -> Option<V> {
+    pub fn insert(&mut self, id: K, value: V) -> Option<V> {
         // An id is in one place at most: a spilled one may come back into
         // the ring's span (the ring emptied and started again lower down).
         let old = if self.spill.is_empty() {
@@ -76,20 +113,16 @@ impl<V> DeliveryMap<V> {
             self.spill.remove(&id)
         };
         if self.ring.is_empty() {
-            self.base = id.0;
+            self.base = Some(id);
         }
-        if let Some(off) = self.offset(id) {
+        if let Some(off) = self.place(id) {
             let slot = &mut self.ring[off];
             if slot.is_none() {
                 self.in_ring += 1;
             }
             return slot.replace(value).or(old);
         }
-        let gap =
-            id.0.checked_sub(self.base)
-                .and_then(|off| usize::try_from(off).ok())
-                .map(|off| off - self.ring.len());
-        match gap {
+        match self.offset(id).map(|off| off - self.ring.len()) {
             // Ahead of the ring, near enough to stretch it.
             Some(gap) if gap <= self.ring.len() + KEEP_SLOTS => {
                 self.ring.extend(std::iter::repeat_with(|| None).take(gap));
@@ -105,24 +138,27 @@ impl<V> DeliveryMap<V> {
         old
     }
 
-    /// Moves the oldest deliveries out of a ring that is mostly gaps.
+    /// Moves the oldest entries out of a ring that is mostly gaps.
     fn spill_oldest(&mut self) {
         while self.ring.len() > self.in_ring * MAX_SPREAD + KEEP_SLOTS {
+            let Some(base) = self.base else { return };
             if let Some(Some(v)) = self.ring.pop_front() {
                 self.in_ring -= 1;
-                self.spill.insert(DeliveryId(self.base), v);
+                self.spill.insert(base, v);
             }
-            self.base += 1;
+            self.base = Some(base.advanced(1));
             self.trim_front();
         }
     }
 
     /// Drops the gaps at the front; lets a large ring go once it is empty.
     fn trim_front(&mut self) {
+        let mut gaps = 0;
         while let Some(None) = self.ring.front() {
             self.ring.pop_front();
-            self.base += 1;
+            gaps += 1;
         }
+        self.base = self.base.map(|b| b.advanced(gaps));
         if self.in_ring == 0 {
             self.ring.clear();
             if self.ring.capacity() > KEEP_SLOTS {
@@ -132,8 +168,8 @@ impl<V> DeliveryMap<V> {
     }
 
     /// Takes `id`'s value out.
-    pub fn remove(&mut self, id: &DeliveryId) -> Option<V> {
-        if let Some(off) = self.offset(*id)
+    pub fn remove(&mut self, id: &K) -> Option<V> {
+        if let Some(off) = self.place(*id)
             && let Some(v) = self.ring[off].take()
         {
             self.in_ring -= 1;
@@ -149,20 +185,24 @@ impl<V> DeliveryMap<V> {
         }
     }
 
-    pub fn get(&self, id: &DeliveryId) -> Option<&V> {
-        match self.offset(*id).and_then(|off| self.ring[off].as_ref()) {
+    pub fn get(&self, id: &K) -> Option<&V> {
+        match self.place(*id).and_then(|off| self.ring[off].as_ref()) {
             Some(v) => Some(v),
             None => self.spill.get(id),
         }
     }
 
+    pub fn contains(&self, id: &K) -> bool {
+        self.get(id).is_some()
+    }
+
     /// Every entry, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (DeliveryId, &V)> {
+    pub fn iter(&self) -> impl Iterator<Item = (K, &V)> {
         let base = self.base;
         self.ring
             .iter()
-            .zip(base..)
-            .filter_map(|(v, id)| Some((DeliveryId(id), v.as_ref()?)))
+            .enumerate()
+            .filter_map(move |(i, v)| Some((base?.advanced(i), v.as_ref()?)))
             .chain(self.spill.iter().map(|(id, v)| (*id, v)))
     }
 
