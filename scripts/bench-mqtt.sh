@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # MQTT side by side: ferrymq, Mosquitto, RabbitMQ's MQTT plugin and rumqttd,
-# the same load generator (src/bench/mqtt.rs) against each, one after
-# another in one run; markdown tables with ferrymq's ratio to the fastest of
-# the others at the end.
+# the same load generator (src/bench/mqtt.rs) against each; markdown tables
+# with ferrymq's ratio to the fastest of the others at the end. All the
+# brokers are started first, then the runs go scenario by scenario, run by
+# run, one broker after the other (in reverse order every other run): a
+# row's figures are all taken within a minute or two, so a shared machine
+# whose speed drifts over minutes does not favour whichever broker happened
+# to run in its faster ones.
 #
 #   scripts/bench-mqtt.sh                        # all MQTT scenarios, 200k messages
 #   MESSAGES=50000 scripts/bench-mqtt.sh --scenario mqtt-qos1-1k
@@ -18,7 +22,7 @@
 # with `cargo install rumqttd` when missing unless RUMQTTD_INSTALL=0),
 # SKIP=ferrymq,mosquitto,rabbitmq,rumqttd leaves brokers out, KEEP_TMP=1
 # keeps logs, QUIET_WAIT=SECONDS waits (at most that long) before each
-# broker's run until the 1-minute load average is under QUIET_LOAD (1.0).
+# round of runs until the 1-minute load average is under QUIET_LOAD (1.0).
 #
 # Every broker runs with its packaged defaults apart from its listener (and
 # anonymous access for Mosquitto): Mosquitto keeps at most 20 QoS 1
@@ -70,22 +74,23 @@ done
 if ((${#SCENARIOS[@]} == 0)); then
     mapfile -t SCENARIOS < <("${BENCH[@]}" --mqtt x --list-scenarios)
 fi
-scenario_args() { # [mqtt-only]
-    local s
-    for s in "${SCENARIOS[@]}"; do
-        [[ -n "${1:-}" && $s == mqtt-to-amqp* ]] && continue
-        printf -- '--scenario\n%s\n' "$s"
-    done
-}
-mapfile -t ALL_ARGS < <(scenario_args)
-mapfile -t MQTT_ONLY_ARGS < <(scenario_args mqtt-only)
-
-run_bench() { # label mqtt-addr pid [args...] -> markdown rows on stdout
-    local label=$1 addr=$2 pid=$3; shift 3
-    bench_run "$label" "$pid" --mqtt "$addr" "$@" "${EXTRA[@]}"
+run_bench() { # label mqtt-addr pid run [args...] -> markdown rows on stdout
+    local label=$1 addr=$2 pid=$3 run=$4; shift 4
+    bench_one "$label" "$pid" "$run" --mqtt "$addr" "$@" "${EXTRA[@]}"
 }
 
 for b in ferrymq mosquitto rabbitmq rumqttd; do : >"$TMP/$b.md"; done
+# The brokers that answered, in the order they run, with their MQTT
+# address, pid and bench arguments of their own (one a line).
+BROKERS=()
+declare -A ADDR PID OWN_ARGS
+started() { # name addr pid [own args...]
+    local name=$1 addr=$2 pid=$3; shift 3
+    BROKERS+=("$name")
+    ADDR[$name]=$addr
+    PID[$name]=$pid
+    OWN_ARGS[$name]=$(printf '%s\n' "$@")
+}
 
 # --- ferrymq ---------------------------------------------------------------
 if ! skipped ferrymq; then
@@ -95,12 +100,10 @@ if ! skipped ferrymq; then
     FERRYMQ_STARTED=$!
     track_pid "$FERRYMQ_STARTED"
     if wait_port "127.0.0.1:$FERRYMQ_PORT" 20 ferrymq "$FERRYMQ_STARTED"; then
-        run_bench ferrymq "127.0.0.1:$FERRYMQ_PORT" "$FERRYMQ_STARTED" \
-            --amqp "127.0.0.1:$FERRYMQ_AMQP_PORT" "${ALL_ARGS[@]}" | tee "$TMP/ferrymq.md" >&2
+        started ferrymq "127.0.0.1:$FERRYMQ_PORT" "$FERRYMQ_STARTED" --amqp "127.0.0.1:$FERRYMQ_AMQP_PORT"
     else
         tail -n 10 "$TMP/ferrymq.log" >&2 || true
     fi
-    stop_tracked "$FERRYMQ_STARTED"
 fi
 
 # --- Mosquitto -------------------------------------------------------------
@@ -112,22 +115,18 @@ if ! skipped mosquitto; then
     MOSQUITTO_STARTED=$!
     track_pid "$MOSQUITTO_STARTED"
     if wait_port "127.0.0.1:$MOSQUITTO_PORT" 20 Mosquitto "$MOSQUITTO_STARTED"; then
-        run_bench mosquitto "127.0.0.1:$MOSQUITTO_PORT" "$MOSQUITTO_STARTED" \
-            "${MQTT_ONLY_ARGS[@]}" | tee "$TMP/mosquitto.md" >&2
+        started mosquitto "127.0.0.1:$MOSQUITTO_PORT" "$MOSQUITTO_STARTED"
     else
         tail -n 10 "$TMP/mosquitto.log" >&2 || true
     fi
-    stop_tracked "$MOSQUITTO_STARTED"
 fi
 
 # --- RabbitMQ with its MQTT plugin -----------------------------------------
 if ! skipped rabbitmq; then
     if rabbit_start rabbitmq_mqtt "mqtt.listeners.tcp.1 = 127.0.0.1:$RABBIT_MQTT_PORT
 " "127.0.0.1:$RABBIT_MQTT_PORT"; then
-        run_bench rabbitmq "127.0.0.1:$RABBIT_MQTT_PORT" "$RABBIT_PID" \
-            --amqp "127.0.0.1:$RABBIT_PORT" "${ALL_ARGS[@]}" | tee "$TMP/rabbitmq.md" >&2
+        started rabbitmq "127.0.0.1:$RABBIT_MQTT_PORT" "$RABBIT_PID" --amqp "127.0.0.1:$RABBIT_PORT"
     fi
-    rabbit_stop
 fi
 
 # --- rumqttd ---------------------------------------------------------------
@@ -168,16 +167,41 @@ EOF
         RUMQTTD_STARTED=$!
         track_pid "$RUMQTTD_STARTED"
         if wait_port "127.0.0.1:$RUMQTTD_PORT" 20 rumqttd "$RUMQTTD_STARTED"; then
-            run_bench rumqttd "127.0.0.1:$RUMQTTD_PORT" "$RUMQTTD_STARTED" --mqtt-anonymous \
-                "${MQTT_ONLY_ARGS[@]}" | tee "$TMP/rumqttd.md" >&2
+            started rumqttd "127.0.0.1:$RUMQTTD_PORT" "$RUMQTTD_STARTED" --mqtt-anonymous
         else
             tail -n 10 "$TMP/rumqttd.log" >&2 || true
         fi
-        stop_tracked "$RUMQTTD_STARTED"
     else
         RUMQTTD_NOTE="rumqttd: not built here, its column is empty."
     fi
 fi
+
+# --- the runs --------------------------------------------------------------
+# Every other run takes the brokers in the reverse order, so that none is
+# always first after the wait. The cross-protocol scenario needs an AMQP
+# side: ferrymq and RabbitMQ only.
+for scenario in "${SCENARIOS[@]}"; do
+    for ((run = 1; run <= ${RUNS:-3}; run++)); do
+        wait_quiet
+        order=("${BROKERS[@]}")
+        if ((run % 2 == 0)); then
+            order=()
+            for ((i = ${#BROKERS[@]} - 1; i >= 0; i--)); do order+=("${BROKERS[i]}"); done
+        fi
+        for b in "${order[@]}"; do
+            [[ $scenario == mqtt-to-amqp* && $b != ferrymq && $b != rabbitmq ]] && continue
+            own=()
+            [[ -z "${OWN_ARGS[$b]}" ]] || mapfile -t own <<<"${OWN_ARGS[$b]}"
+            run_bench "$b" "${ADDR[$b]}" "${PID[$b]}" "$run" "${own[@]}" --scenario "$scenario" \
+                | tee -a "$TMP/$b.md" >&2
+        done
+    done
+done
+say "load average after the runs $(load1)"
+for pid in "${FERRYMQ_STARTED:-}" "${MOSQUITTO_STARTED:-}" "${RUMQTTD_STARTED:-}"; do
+    if [[ -n "$pid" ]]; then stop_tracked "$pid"; fi
+done
+skipped rabbitmq || rabbit_stop
 
 # --- the tables ------------------------------------------------------------
 compare_tables "ferrymq:ferrymq,mosquitto:Mosquitto,rabbitmq:RabbitMQ,rumqttd:rumqttd" \

@@ -146,20 +146,28 @@ build_release() {
     BENCH=(target/release/ferrymq bench)
 }
 
+# bench_one LABEL PID RUN ARGS...: one run of the bench with --label,
+# --markdown, --messages, --seconds and --broker-pid added, bounded by
+# BENCH_TIMEOUT; RUN numbers it in the log. Its markdown rows go to stdout.
+bench_one() {
+    local label=$1 pid=$2 run=$3; shift 3
+    local pid_args=()
+    [[ -n "$pid" ]] && pid_args=(--broker-pid "$pid")
+    say "$label: run $run of ${RUNS:-3}, load average before it $(load1)"
+    timeout "$BENCH_TIMEOUT" "${BENCH[@]}" --label "$label" --markdown \
+        --messages "$MESSAGES" --seconds "$BENCH_SECONDS" "${pid_args[@]}" "$@" \
+        || say "$label: the bench reported failures (rows say which) or timed out"
+}
+
 # bench_run LABEL PID ARGS...: RUNS times (3), waits for quiet
-# (QUIET_WAIT) and runs the bench with --label, --markdown, --messages,
-# --seconds and --broker-pid added, each run bounded by BENCH_TIMEOUT.
-# Every run's markdown rows go to stdout; median_rows makes one of them.
+# (QUIET_WAIT) and runs the bench (bench_one). Every run's markdown rows
+# go to stdout; median_rows makes one of them.
 bench_run() {
     local label=$1 pid=$2; shift 2
-    local pid_args=() run
-    [[ -n "$pid" ]] && pid_args=(--broker-pid "$pid")
+    local run
     for ((run = 1; run <= ${RUNS:-3}; run++)); do
         wait_quiet
-        say "$label: run $run of ${RUNS:-3}, load average before it $(load1)"
-        timeout "$BENCH_TIMEOUT" "${BENCH[@]}" --label "$label" --markdown \
-            --messages "$MESSAGES" --seconds "$BENCH_SECONDS" "${pid_args[@]}" "$@" \
-            || say "$label: the bench reported failures (rows say which) or timed out"
+        bench_one "$label" "$pid" "$run" "$@"
     done
     say "$label: load average after its runs $(load1)"
 }
