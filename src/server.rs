@@ -206,6 +206,7 @@ impl Server {
             limits.clone(),
             shutdown.clone(),
         ));
+        tracker.spawn(broker_upkeep(broker.clone(), shutdown.clone()));
         let amqp = bind("AMQP", &config.amqp).await?;
         let amqp_addr = amqp.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = amqp {
@@ -306,6 +307,19 @@ impl Server {
         }
         let broker = self.broker.clone();
         let _ = tokio::task::spawn_blocking(move || broker.close_journal()).await;
+    }
+}
+
+/// How often the broker tidies what busy moments left (`Broker::upkeep`).
+const BROKER_UPKEEP: Duration = Duration::from_secs(5);
+
+async fn broker_upkeep(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(BROKER_UPKEEP);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => broker.upkeep(),
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 

@@ -9,10 +9,10 @@ pub mod binding_options;
 pub mod change;
 pub mod connections;
 pub mod delivery;
-pub mod id_ring;
 pub mod error;
 pub mod event_channel;
 pub mod exchange;
+pub mod id_ring;
 pub mod message;
 pub mod names;
 pub mod pattern;
@@ -194,6 +194,18 @@ impl Broker {
     /// Flushes and stops the journal (at shutdown).
     pub fn close_journal(&self) {
         self.journal.close();
+    }
+
+    /// Tidies what busy moments leave behind: the room queues kept for
+    /// their bursts of unsettled deliveries, once idle. Run periodically
+    /// (server.rs), so that an idle broker gives that memory back while a
+    /// busy one keeps it between bursts.
+    pub fn upkeep(&self) {
+        for vhost in self.vhosts() {
+            for queue in vhost.queues_unsorted() {
+                queue.release_spare();
+            }
+        }
     }
 
     /// All vhosts.

@@ -19,8 +19,8 @@ use tokio::sync::Notify;
 
 use super::change::{Change, ChangeLog, LogPosition, Logged};
 use super::delivery::{Delivery, Event, EventSink, Settle};
-use super::id_ring::DeliveryMap;
 use super::error::{CoreError, CoreResult};
+use super::id_ring::DeliveryMap;
 use super::message::{Headers, Message, Value};
 use super::names::{
     ConnectionId, ConsumerId, ConsumerTag, DeliveryId, ExchangeName, QueueName, RoutingKey,
@@ -603,6 +603,11 @@ impl Queue {
     /// Ready messages.
     pub fn message_count(&self) -> usize {
         self.lock().ready.len()
+    }
+    /// Lets go of the room its table of unsettled deliveries kept from
+    /// its last burst, if none is unsettled now (see `Broker::upkeep`).
+    pub fn release_spare(&self) {
+        self.lock().unacked.release_spare();
     }
     /// Handed-out messages awaiting settlement.
     pub fn unacked_count(&self) -> usize {
@@ -1549,6 +1554,28 @@ mod tests {
         assert_eq!(got.message.body(), "a");
         assert!(got.redelivered);
         assert_eq!(bodies_via_get(&q), ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn an_idle_queue_gives_back_the_room_its_last_burst_of_deliveries_took() {
+        let q = queue(&[]);
+        let (spec, mut rx) = consumer(5000, 0);
+        let me = spec.id;
+        q.consume(spec).expect("consume");
+        for i in 0..1000 {
+            q.enqueue(msg(&i.to_string()));
+        }
+        let ids: Vec<_> = drain(&mut rx).iter().map(|d| d.id).collect();
+        assert_eq!(ids.len(), 1000);
+        let room = || q.lock().unacked.capacity();
+        q.release_spare();
+        assert!(room() >= 1000, "in use: kept");
+        q.sent(me, 1000);
+        q.settle(&ids, Settle::Ack);
+        assert_eq!(q.unacked_count(), 0);
+        assert!(room() >= 1000, "settled: kept for the next burst");
+        q.release_spare();
+        assert_eq!(room(), 0);
     }
 
     #[test]

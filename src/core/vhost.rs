@@ -279,9 +279,14 @@ impl VHost {
 
     /// All queues, for listings.
     pub fn queues(&self) -> Vec<Arc<Queue>> {
-        let mut all: Vec<_> = self.queues_read().values().cloned().collect();
+        let mut all = self.queues_unsorted();
         all.sort_by(|a, b| a.name().cmp(b.name()));
         all
+    }
+
+    /// All queues, in no particular order.
+    pub fn queues_unsorted(&self) -> Vec<Arc<Queue>> {
+        self.queues_read().values().cloned().collect()
     }
 
     /// All exchanges, for listings.

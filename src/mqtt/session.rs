@@ -49,6 +49,8 @@ static CLEAN: LazyLock<SessionState> = LazyLock::new(|| Arc::new(Clean));
 
 /// The reason given to a connection whose client id another one claimed.
 pub const TAKEN_OVER: &str = "session taken over";
+/// In-flight PUBLISHes an emptied table keeps room for (about 40 KiB).
+const OUTBOUND_KEPT: usize = 1024;
 /// The reason given to open connections when the broker shuts down.
 pub const SHUTTING_DOWN: &str = "broker shutdown";
 
@@ -812,10 +814,7 @@ impl Session {
         match p {
             P::Publish(p) => self.on_publish(*p, out),
             P::PublishAck(a) => {
-                let acked = self
-                    .flows
-                    .as_mut()
-                    .and_then(|f| f.outbound.remove(&a.packet_id.get()));
+                let acked = self.take_outbound(a.packet_id.get());
                 if let Some(o) = acked {
                     self.count_acknowledged();
                     if let Some((q, id)) = o.settle {
@@ -827,7 +826,7 @@ impl Session {
             }
             P::PublishReceived(a) => {
                 let id = a.packet_id.get();
-                let received = self.flows.as_mut().and_then(|f| f.outbound.remove(&id));
+                let received = self.take_outbound(id);
                 if let Some(o) = received {
                     self.count_acknowledged();
                     if let Some((q, did)) = o.settle {
@@ -1534,13 +1533,29 @@ impl Session {
         }
     }
 
+    /// The in-flight PUBLISH `id` acknowledges, taken out. A table
+    /// emptied after a burst keeps its room for the next, unless the
+    /// burst was large enough that holding on to it would weigh on an
+    /// idle connection.
+    fn take_outbound(&mut self, id: u16) -> Option<Outgoing> {
+        let f = self.flows.as_mut()?;
+        let o = f.outbound.remove(&id);
+        if f.outbound.is_empty() && f.outbound.capacity() > OUTBOUND_KEPT {
+            f.outbound.release_spare();
+        }
+        o
+    }
+
     fn alloc_packet_id(&mut self) -> NonZeroU16 {
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
             // An id still in use waits for a later round: any free id
             // will do.
-            let in_use = self.flows.as_ref().is_some_and(|f| f.outbound.contains(&id));
+            let in_use = self
+                .flows
+                .as_ref()
+                .is_some_and(|f| f.outbound.contains(&id));
             if !in_use && !self.persist().released.contains(&id) {
                 return NonZeroU16::new(id).expect("ids start at 1");
             }
