@@ -243,6 +243,10 @@ pub struct Session {
     client_receive_max: u16,
     client_alias_max: u16,
     next_packet_id: u16,
+    /// `released.len()` of the persistent state, kept here: the window
+    /// counts it for every QoS 1 or 2 delivery, and locking the state for
+    /// that was two of the three locks each delivery took.
+    released_len: usize,
     /// This connection's entry in the broker's connection registry, from
     /// CONNACK until the connection is released.
     registration: Option<Registration>,
@@ -300,6 +304,7 @@ impl Session {
             client_receive_max: u16::MAX,
             client_alias_max: 0,
             next_packet_id: 1,
+            released_len: 0,
 
             registration: None,
             listed_consumers: 0,
@@ -347,8 +352,7 @@ impl Session {
     }
     /// QoS 1/2 PUBLISHes in flight to the client.
     pub fn in_flight(&self) -> usize {
-        self.flows.as_ref().map_or(0, |f| f.outbound.len())
-            + self.persisted().map_or(0, |st| st.released.len())
+        self.flows.as_ref().map_or(0, |f| f.outbound.len()) + self.released_len
     }
 
     fn flows(&mut self) -> &mut Flows {
@@ -679,6 +683,7 @@ impl Session {
             .persisted()
             .map(|st| st.released.iter().copied().collect())
             .unwrap_or_default();
+        self.released_len = released.len();
         for id in released {
             if let Some(packet_id) = NonZeroU16::new(id) {
                 self.write(v5::Packet::PublishRelease(ack2(packet_id)), out);
@@ -833,7 +838,11 @@ impl Session {
                         self.settle_later(q, did, Settle::Ack);
                     }
                     if o.qos == QoS::ExactlyOnce && u8::from(a.reason_code) < 0x80 {
-                        self.persist().released.insert(id);
+                        self.released_len = {
+                            let mut st = self.persist();
+                            st.released.insert(id);
+                            st.released.len()
+                        };
                         self.record_packet_id(true, id, true);
                         self.write(v5::Packet::PublishRelease(ack2(a.packet_id)), out);
                     } else {
@@ -845,7 +854,12 @@ impl Session {
                 Ok(())
             }
             P::PublishComplete(a) => {
-                if self.persist().released.remove(&a.packet_id.get()) {
+                let (removed, left) = {
+                    let mut st = self.persist();
+                    (st.released.remove(&a.packet_id.get()), st.released.len())
+                };
+                self.released_len = left;
+                if removed {
                     self.record_packet_id(true, a.packet_id.get(), false);
                     self.drain_held(out);
                 }
@@ -1556,7 +1570,7 @@ impl Session {
                 .flows
                 .as_ref()
                 .is_some_and(|f| f.outbound.contains(&id));
-            if !in_use && !self.persist().released.contains(&id) {
+            if !in_use && (self.released_len == 0 || !self.persist().released.contains(&id)) {
                 return NonZeroU16::new(id).expect("ids start at 1");
             }
         }
