@@ -206,7 +206,8 @@ impl Server {
             limits.clone(),
             shutdown.clone(),
         ));
-        tracker.spawn(broker_upkeep(broker.clone(), shutdown.clone()));
+        let b = broker.clone();
+        tracker.spawn(every(BROKER_UPKEEP, shutdown.clone(), move || b.upkeep()));
         let amqp = bind("AMQP", &config.amqp).await?;
         let amqp_addr = amqp.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = amqp {
@@ -264,7 +265,9 @@ impl Server {
         if let Some(listener) = http {
             let state = AdminState::new(broker.clone(), metrics.clone(), listening);
             tracker.spawn(crate::admin::http::serve(listener, state, shutdown.clone()));
-            tracker.spawn(metrics_upkeep(metrics, shutdown.clone()));
+            tracker.spawn(every(METRICS_UPKEEP, shutdown.clone(), move || {
+                metrics.run_upkeep();
+            }));
         }
         // Scripts wait for this line and read the bound addresses from it.
         let bound: Vec<String> = [
@@ -313,24 +316,15 @@ impl Server {
 /// How often the broker tidies what busy moments left (`Broker::upkeep`).
 const BROKER_UPKEEP: Duration = Duration::from_secs(5);
 
-async fn broker_upkeep(broker: Arc<Broker>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(BROKER_UPKEEP);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => broker.upkeep(),
-            () = shutdown.cancelled() => return,
-        }
-    }
-}
-
 /// How often histogram samples are drained when nobody scrapes.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
-async fn metrics_upkeep(metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(METRICS_UPKEEP);
+/// Runs `task` every `period` until shutdown.
+async fn every(period: Duration, shutdown: CancellationToken, mut task: impl FnMut()) {
+    let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {
-            _ = tick.tick() => metrics.run_upkeep(),
+            _ = tick.tick() => task(),
             () = shutdown.cancelled() => return,
         }
     }
