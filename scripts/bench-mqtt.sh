@@ -81,7 +81,7 @@ run_bench() { # label mqtt-addr pid run [args...] -> markdown rows on stdout
 
 for b in ferrymq mosquitto rabbitmq rumqttd; do : >"$TMP/$b.md"; done
 # The brokers that answered, in the order they run, with their MQTT
-# address, pid and bench arguments of their own (one a line).
+# address, pid and bench arguments of their own (none holds a space).
 BROKERS=()
 declare -A ADDR PID OWN_ARGS
 started() { # name addr pid [own args...]
@@ -89,7 +89,7 @@ started() { # name addr pid [own args...]
     BROKERS+=("$name")
     ADDR[$name]=$addr
     PID[$name]=$pid
-    OWN_ARGS[$name]=$(printf '%s\n' "$@")
+    OWN_ARGS[$name]="$*"
 }
 
 # --- ferrymq ---------------------------------------------------------------
@@ -190,8 +190,7 @@ for scenario in "${SCENARIOS[@]}"; do
         fi
         for b in "${order[@]}"; do
             [[ $scenario == mqtt-to-amqp* && $b != ferrymq && $b != rabbitmq ]] && continue
-            own=()
-            [[ -z "${OWN_ARGS[$b]}" ]] || mapfile -t own <<<"${OWN_ARGS[$b]}"
+            read -ra own <<<"${OWN_ARGS[$b]}"
             run_bench "$b" "${ADDR[$b]}" "${PID[$b]}" "$run" "${own[@]}" --scenario "$scenario" \
                 | tee -a "$TMP/$b.md" >&2
         done
