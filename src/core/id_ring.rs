@@ -199,6 +199,8 @@ impl<K: RingId, V> IdRing<K, V> {
     pub fn get(&self, id: &K) -> Option<&V> {
         match self.place(*id).and_then(|off| self.ring[off].as_ref()) {
             Some(v) => Some(v),
+            // Asked of every new packet id (`contains`): most often empty.
+            None if self.spill.is_empty() => None,
             None => self.spill.get(id),
         }
     }
