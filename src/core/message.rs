@@ -1,7 +1,6 @@
 //! Messages as the core sees them: a shared body, normalised properties and
 //! a header map. Adapters map their wire properties onto these once, at the edge.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -96,7 +95,7 @@ impl Value {
 }
 
 /// Header map; ordered so that records and snapshots are deterministic.
-pub type Headers = BTreeMap<String, Value>;
+pub type Headers = litemap::LiteMap<String, Value>;
 
 /// The properties every protocol can express, plus headers for the rest.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -367,7 +366,7 @@ mod tests {
 
     #[test]
     fn the_publish_qos_header_is_read_once_and_follows_every_copy() {
-        let qos = |v: Value| with_headers(Headers::from([(PUBLISH_QOS_HEADER.to_owned(), v)]));
+        let qos = |v: Value| with_headers(Headers::from_iter([(PUBLISH_QOS_HEADER.to_owned(), v)]));
         assert_eq!(qos(Value::U8(1)).publish_qos(), Some(1));
         // As AMQP clients may send it: another integer width.
         assert_eq!(qos(Value::I32(2)).publish_qos(), Some(2));
@@ -388,5 +387,34 @@ mod tests {
         let stored = serde_json::to_vec(&m).expect("serialize");
         let back: Message = serde_json::from_slice(&stored).expect("deserialize");
         assert_eq!(back.publish_qos(), Some(2));
+    }
+
+    #[test]
+    fn headers_are_sorted_and_stored_as_a_b_tree_map_was() {
+        let pairs = [
+            ("z".to_owned(), Value::U8(1)),
+            ("a".to_owned(), Value::Str("x".into())),
+            (
+                "m".to_owned(),
+                Value::Table(Headers::from_iter([("k".to_owned(), Value::Bool(true))])),
+            ),
+        ];
+        let headers = Headers::from_iter(pairs.clone());
+        let keys: Vec<&str> = headers.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["a", "m", "z"]);
+
+        // Journals written while headers were a BTreeMap read back unchanged.
+        let old = std::collections::BTreeMap::from([
+            pairs[0].clone(),
+            pairs[1].clone(),
+            (
+                "m".to_owned(),
+                Value::Table(Headers::from_iter([("k".to_owned(), Value::Bool(true))])),
+            ),
+        ]);
+        let old_bytes = postcard::to_stdvec(&old).expect("serialize");
+        assert_eq!(postcard::to_stdvec(&headers).expect("serialize"), old_bytes);
+        let back: Headers = postcard::from_bytes(&old_bytes).expect("deserialize");
+        assert_eq!(back, headers);
     }
 }

@@ -66,7 +66,16 @@ pub struct Inbound<'a> {
 
 /// An inbound publish's properties as core properties.
 pub fn to_core(p: &Inbound<'_>) -> Properties {
-    let mut headers = Headers::new();
+    // Sized up front: a plain publish holds a vector of one, its QoS.
+    let named = [
+        true,
+        p.retain,
+        p.utf8_payload,
+        p.response_topic.is_some(),
+        p.correlation_data.is_some(),
+    ];
+    let mut headers =
+        Headers::with_capacity(p.user_properties.len() + named.iter().filter(|&&b| b).count());
     for (k, v) in p.user_properties {
         let v = Value::Str(v.to_string());
         match headers.get_mut(&**k) {
