@@ -23,7 +23,7 @@ use super::deadlines::Deadlines;
 use super::error::Disconnect;
 use super::session::{Farewell, SHUTTING_DOWN, Session, Settings, publish_will};
 use crate::core::change::LogPosition;
-use crate::core::event_channel::EventStream;
+use crate::core::event_channel::{EventStream, WakeBatch};
 use crate::core::{Broker, Event, Protocol};
 
 /// Events taken from the connection's channel per wake-up.
@@ -230,6 +230,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if let Some(b) = &mut self.bufs.0 {
             b.published = 0;
         }
+        // The consumers this poll's publishes reach are woken as it ends.
+        let _wakes = WakeBatch::begin();
         // Events taken from the channel: on the stack, not in the task.
         let mut batch = Vec::new();
         for _ in 0..WAKES_PER_POLL {
