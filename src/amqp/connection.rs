@@ -15,7 +15,7 @@ use super::codec::AmqpCodec;
 use super::error::CONNECTION_FORCED;
 use super::session::{FRAME_MAX, Session};
 use crate::core::Broker;
-use crate::core::event_channel::PublishPacer;
+use crate::core::event_channel::{Round, in_rounds};
 use crate::core::publisher_flow::{Wait, wait_for};
 
 /// Events taken from the connection's channel per wake-up.
@@ -194,7 +194,7 @@ where
 /// Decodes and handles every complete frame in `rbuf`, stopping early when
 /// the session holds a publisher back. Returns false when the input is
 /// unusable and the connection must end.
-/// The consumers its publishes reach get to run as it goes (`PublishPacer`).
+/// The consumers its publishes reach get to run as it goes (`in_rounds`).
 async fn drain_frames(
     codec: &mut AmqpCodec,
     rbuf: &mut BytesMut,
@@ -202,30 +202,30 @@ async fn drain_frames(
     wbuf: &mut BytesMut,
     peer: SocketAddr,
 ) -> bool {
-    let mut ok = true;
-    let mut pacer = PublishPacer::default();
-    while !session.is_held() && !session.flow().is_behind() && !session.is_done() {
-        match codec.decode(rbuf) {
-            Ok(Some(frame)) => {
-                // Only a publish carries a content header from a client.
-                let publish = matches!(frame, super::codec::Inbound::Header(..));
-                session.on_frame(frame, wbuf);
-                codec.set_frame_max(session.frame_max());
-                if publish {
-                    pacer.published().await;
+    let ok = in_rounds(|quota| {
+        while !session.is_held() && !session.flow().is_behind() && !session.is_done() {
+            match codec.decode(rbuf) {
+                Ok(Some(frame)) => {
+                    // Only a publish carries a content header from a client.
+                    let publish = matches!(frame, super::codec::Inbound::Header(..));
+                    session.on_frame(frame, wbuf);
+                    codec.set_frame_max(session.frame_max());
+                    if publish && quota.published() {
+                        return Round::Full;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(%peer, user = session.user_name(), error = %e, "bad AMQP input");
+                    session.on_codec_error(&e, wbuf);
+                    rbuf.clear();
+                    return Round::Done(false);
                 }
             }
-            Ok(None) => break,
-            Err(e) => {
-                tracing::info!(%peer, user = session.user_name(), error = %e, "bad AMQP input");
-                session.on_codec_error(&e, wbuf);
-                rbuf.clear();
-                ok = false;
-                break;
-            }
         }
-    }
+        Round::Done(true)
+    })
+    .await;
     session.flush_confirms(wbuf);
-    pacer.done().await;
     ok
 }

@@ -79,39 +79,58 @@ pub fn channel() -> (EventSink, EventStream) {
 
 /// Publishes a connection handles between two yields to the consumers
 /// they reached.
-const PUBLISHES_PER_YIELD: u32 = 64;
+pub const PUBLISHES_PER_YIELD: u32 = 64;
 
-/// Lets the connections that a connection's publishes woke run soon.
+/// Counts the publishes of one round of `in_rounds`.
+#[derive(Debug, Default)]
+pub struct Quota {
+    published: u32,
+}
+
+impl Quota {
+    /// One publish handled; true when the round is full and should end.
+    pub fn published(&mut self) -> bool {
+        self.published += 1;
+        self.published >= PUBLISHES_PER_YIELD
+    }
+}
+
+/// How a round of `in_rounds` ended.
+#[derive(Debug)]
+pub enum Round<T> {
+    /// Its quota of publishes is used up; more input may wait.
+    Full,
+    /// The input is handled, with this result.
+    Done(T),
+}
+
+/// Handles a connection's input in rounds of at most `PUBLISHES_PER_YIELD`
+/// publishes, yielding after each round that had any, so that the
+/// consumers its publishes reached run soon.
 ///
 /// Tokio keeps the task woken last in the sending worker's LIFO slot, which
 /// no idle worker may steal: it runs only once the sender's task yields. A
 /// connection task that handles a socket buffer of publishes and then reads
 /// again would hold its consumers back until its socket ran dry (up to 128
 /// reads per poll); a publisher then outruns its consumers and the
-/// backlog's age becomes their latency. A connection counts each publish
-/// it handles from a read here, which yields every `PUBLISHES_PER_YIELD`
-/// of them and once more when the read is done. Input with no publish
-/// (a consumer's acks) never yields: it woke only its own connection,
-/// which then writes the deliveries they freed before anything else runs.
-#[derive(Debug, Default)]
-pub struct PublishPacer {
-    since_yield: u32,
-}
-
-impl PublishPacer {
-    /// One publish handled.
-    pub async fn published(&mut self) {
-        self.since_yield += 1;
-        if self.since_yield == PUBLISHES_PER_YIELD {
-            self.since_yield = 0;
+/// backlog's age becomes their latency. Input with no publish (a
+/// consumer's acks) never yields: it woke only its own connection, which
+/// then writes the deliveries they freed before anything else runs.
+///
+/// Each round runs in a `WakeBatch`: the consumers it reaches are woken
+/// once, as it ends.
+pub async fn in_rounds<T>(mut round: impl FnMut(&mut Quota) -> Round<T>) -> T {
+    loop {
+        let mut quota = Quota::default();
+        let ended = {
+            let _wakes = WakeBatch::begin();
+            round(&mut quota)
+        };
+        if quota.published > 0 {
             tokio::task::yield_now().await;
         }
-    }
-
-    /// The read's input is handled.
-    pub async fn done(self) {
-        if self.since_yield > 0 {
-            tokio::task::yield_now().await;
+        if let Round::Done(result) = ended {
+            return result;
         }
     }
 }

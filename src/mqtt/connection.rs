@@ -23,7 +23,7 @@ use super::deadlines::Deadlines;
 use super::error::Disconnect;
 use super::session::{Farewell, SHUTTING_DOWN, Session, Settings, publish_will};
 use crate::core::change::LogPosition;
-use crate::core::event_channel::{EventStream, WakeBatch};
+use crate::core::event_channel::{EventStream, PUBLISHES_PER_YIELD, WakeBatch};
 use crate::core::{Broker, Event, Protocol};
 
 /// Events taken from the connection's channel per wake-up.
@@ -56,8 +56,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Rounds of work one poll of the task does at most.
 const WAKES_PER_POLL: usize = 64;
-/// After a round that brought this many publishes, the task yields.
-const PUBLISHES_PER_YIELD: u32 = 64;
 
 /// Waits for a watched value to change; gives the receiver back, or
 /// `None` once the sender is gone.
@@ -260,8 +258,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             {
                 // The subscribers these publishes woke wait in this
                 // worker's LIFO slot, which no idle worker may steal:
-                // they run once this task yields (as `PublishPacer` does
-                // for AMQP and STOMP).
+                // they run once this task yields (as `in_rounds` does for
+                // AMQP and STOMP).
                 break;
             }
         }

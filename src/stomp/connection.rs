@@ -17,7 +17,7 @@ use super::codec::{Command, Item, StompCodec};
 use super::session::{Session, Settings};
 use crate::core::Broker;
 use crate::core::alarm::Alarms;
-use crate::core::event_channel::PublishPacer;
+use crate::core::event_channel::{Round, in_rounds};
 use crate::core::publisher_flow::{Wait, wait_for};
 
 /// Events taken from the connection's channel per wake-up.
@@ -226,7 +226,7 @@ where
 /// Decodes and handles the frames in `rbuf` (`at_eof`: no more will come).
 /// Returns true when a SEND was handled during a resource alarm: the rest
 /// waits in `rbuf`. The consumers its SENDs reach get to run as it goes
-/// (`PublishPacer`).
+/// (`in_rounds`).
 async fn decode_input(
     codec: &mut StompCodec,
     rbuf: &mut BytesMut,
@@ -236,42 +236,43 @@ async fn decode_input(
     alarms: Option<&watch::Receiver<Alarms>>,
     peer: SocketAddr,
 ) -> bool {
-    let mut pacer = PublishPacer::default();
-    let held = loop {
-        let decoded = if at_eof {
-            codec.decode_eof(rbuf)
-        } else {
-            codec.decode(rbuf)
+    in_rounds(|quota| {
+        let held = loop {
+            let decoded = if at_eof {
+                codec.decode_eof(rbuf)
+            } else {
+                codec.decode(rbuf)
+            };
+            match decoded {
+                Ok(Some(Item::Frame(frame))) => {
+                    let send = frame.command == Command::Send;
+                    session.on_frame(frame, wbuf);
+                    codec.set_version(session.version());
+                    if !session.is_reading() {
+                        break false;
+                    }
+                    if send && alarms.is_some_and(|a| a.borrow().any()) {
+                        break true;
+                    }
+                    if session.flow().is_behind() {
+                        break false;
+                    }
+                    if send && quota.published() {
+                        return Round::Full;
+                    }
+                }
+                Ok(Some(Item::Heartbeat)) => {}
+                Ok(None) => break false,
+                Err(e) => {
+                    tracing::info!(%peer, user = session.user_name(), vhost = session.vhost_name(),
+                        error = %e, "bad STOMP input");
+                    session.on_codec_error(&e, wbuf);
+                    rbuf.clear();
+                    break false;
+                }
+            }
         };
-        match decoded {
-            Ok(Some(Item::Frame(frame))) => {
-                let send = frame.command == Command::Send;
-                session.on_frame(frame, wbuf);
-                codec.set_version(session.version());
-                if !session.is_reading() {
-                    break false;
-                }
-                if send && alarms.is_some_and(|a| a.borrow().any()) {
-                    break true;
-                }
-                if session.flow().is_behind() {
-                    break false;
-                }
-                if send {
-                    pacer.published().await;
-                }
-            }
-            Ok(Some(Item::Heartbeat)) => {}
-            Ok(None) => break false,
-            Err(e) => {
-                tracing::info!(%peer, user = session.user_name(), vhost = session.vhost_name(),
-                    error = %e, "bad STOMP input");
-                session.on_codec_error(&e, wbuf);
-                rbuf.clear();
-                break false;
-            }
-        }
-    };
-    pacer.done().await;
-    held
+        Round::Done(held)
+    })
+    .await
 }
