@@ -145,10 +145,11 @@ thread_local! {
 ///
 /// A connection handling a read full of publishes would otherwise wake
 /// each consumer at its first delivery; an idle worker then runs the
-/// consumer at once, which takes the one or two deliveries there are,
-/// writes them and waits again, to be woken by the next. In a 1-to-10
-/// fan-out that was a write and a wake for every 40 deliveries, and the
-/// two threads took turns on every queue's lock and channel. Held until
+/// consumer at once, which takes the deliveries queued so far, writes
+/// them and waits again, to be woken by the next. In a 1-to-10 fan-out
+/// that was a write for about every 40 deliveries (half as many writes
+/// now), and the two threads took turns on every queue's lock and
+/// channel. Held until
 /// the connection's poll ends, each consumer is woken once per batch of
 /// publishes (at most `PUBLISHES_PER_YIELD` of them).
 ///
