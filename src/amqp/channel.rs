@@ -1331,6 +1331,7 @@ impl Session {
     /// Cancels a channel's consumers and requeues what it held. The
     /// channel itself stays in the table until the caller removes it.
     pub(super) fn close_channel_locally(&mut self, ch: u16) {
+        self.channel_closed = true;
         let Some(vhost) = self.vhost.clone() else {
             return;
         };

@@ -15,7 +15,7 @@ use super::codec::AmqpCodec;
 use super::error::CONNECTION_FORCED;
 use super::session::{FRAME_MAX, Session};
 use crate::core::Broker;
-use crate::core::event_channel::{Round, in_rounds};
+use crate::core::event_channel::{EventStream, Round, in_rounds};
 use crate::core::publisher_flow::{Wait, wait_for};
 
 /// Events taken from the connection's channel per wake-up.
@@ -108,6 +108,7 @@ where
                 if !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer).await {
                     eof = true;
                 }
+                requeue_strays(&mut rx, &mut session, &mut wbuf);
                 behind = session.flow().take();
             }
             () = wait_for(&behind), if behind.is_some() => {
@@ -117,6 +118,7 @@ where
                 if !session.is_held() && !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer).await {
                     eof = true;
                 }
+                requeue_strays(&mut rx, &mut session, &mut wbuf);
                 behind = session.flow().take();
             }
             r = alarms.changed() => {
@@ -130,6 +132,7 @@ where
                     if !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer).await {
                         eof = true;
                     }
+                    requeue_strays(&mut rx, &mut session, &mut wbuf);
                     behind = session.flow().take();
                 }
             }
@@ -189,6 +192,22 @@ where
         session.on_event(event, &mut discard);
     }
     let _ = wr.shutdown().await;
+}
+
+/// After frames that closed a channel, handles the events already queued
+/// for the connection. Deliveries a queue handed the channel's consumers
+/// before the close (or before a basic.cancel ahead of it) wait there, and
+/// `Session::on_event` gives those of consumers no longer known back to
+/// their queues: they are ready again before the close-ok is written, as
+/// with RabbitMQ. Nothing is handed to a cancelled consumer after its
+/// cancel, so every such delivery is queued by then.
+fn requeue_strays(rx: &mut EventStream, session: &mut Session, wbuf: &mut BytesMut) {
+    if !session.take_channel_closed() {
+        return;
+    }
+    while let Ok(event) = rx.try_recv() {
+        session.on_event(event, wbuf);
+    }
 }
 
 /// Decodes and handles every complete frame in `rbuf`, stopping early when

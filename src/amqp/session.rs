@@ -92,6 +92,9 @@ pub struct Session {
     told_blocked: bool,
     /// The client asked to close (we answered close-ok).
     client_closed: bool,
+    /// A channel was closed since the connection last asked
+    /// (`take_channel_closed`).
+    pub(super) channel_closed: bool,
     /// The highest journal position known durable.
     durable: LogPosition,
     /// The broker's counters for AMQP.
@@ -131,6 +134,7 @@ impl Session {
             flow: PublisherFlow::default(),
             told_blocked: false,
             client_closed: false,
+            channel_closed: false,
             stats: broker.stats.clone(),
             registration: None,
             client_name: None,
@@ -761,6 +765,11 @@ impl Session {
             self.held = true;
             self.tell_blocked(out);
         }
+    }
+
+    /// Whether a channel was closed since the last call.
+    pub fn take_channel_closed(&mut self) -> bool {
+        std::mem::take(&mut self.channel_closed)
     }
 
     /// Input is held back until the alarms clear.
