@@ -149,9 +149,8 @@ thread_local! {
 /// them and waits again, to be woken by the next. In a 1-to-10 fan-out
 /// that was a write for about every 40 deliveries (half as many writes
 /// now), and the two threads took turns on every queue's lock and
-/// channel. Held until
-/// the connection's poll ends, each consumer is woken once per batch of
-/// publishes (at most `PUBLISHES_PER_YIELD` of them).
+/// channel. Held until the connection's poll ends, each consumer is woken
+/// once per batch of publishes (at most `PUBLISHES_PER_YIELD` of them).
 ///
 /// Not `Send`: it must not be held across an `.await`, where the task
 /// could move to another thread and the wakes would wait for this one.
