@@ -13,7 +13,7 @@
 //! gone; the receiver can `close` and then drain what was sent before, so
 //! a delivery is never silently dropped in between.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -136,8 +136,11 @@ pub async fn in_rounds<T>(mut round: impl FnMut(&mut Quota) -> Round<T>) -> T {
 }
 
 thread_local! {
-    /// Wakers held back by a live `WakeBatch` on this thread.
-    static HELD_WAKES: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
+    /// A `WakeBatch` is live on this thread.
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
+    /// The wakers it holds back. The vector is kept between batches: a
+    /// busy connection starts one every poll.
+    static HELD_WAKES: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Holds back the wakes that sends on this thread make until it is
@@ -164,13 +167,7 @@ impl WakeBatch {
     /// Starts holding wakes back; a batch started inside another one
     /// leaves them to the outer one.
     pub fn begin() -> Self {
-        let outer = HELD_WAKES.with_borrow_mut(|held| {
-            if held.is_some() {
-                return false;
-            }
-            *held = Some(Vec::new());
-            true
-        });
+        let outer = !HOLDING.replace(true);
         Self {
             outer,
             _this_thread: std::marker::PhantomData,
@@ -183,24 +180,25 @@ impl Drop for WakeBatch {
         if !self.outer {
             return;
         }
+        HOLDING.set(false);
         // Taken out first: a wake may run code that sends again.
-        let held = HELD_WAKES.with_borrow_mut(Option::take).unwrap_or_default();
-        for w in held {
+        let mut held = HELD_WAKES.take();
+        for w in held.drain(..) {
             w.wake();
         }
+        HELD_WAKES.with_borrow_mut(|spare| {
+            if spare.capacity() < held.capacity() {
+                *spare = held;
+            }
+        });
     }
 }
 
 /// Wakes `w` now, or when this thread's `WakeBatch` ends.
 fn wake_or_hold(w: Waker) {
-    let w = HELD_WAKES.with_borrow_mut(|held| match held {
-        Some(held) => {
-            held.push(w);
-            None
-        }
-        None => Some(w),
-    });
-    if let Some(w) = w {
+    if HOLDING.get() {
+        HELD_WAKES.with_borrow_mut(|held| held.push(w));
+    } else {
         w.wake();
     }
 }
@@ -391,8 +389,7 @@ mod tests {
     #[tokio::test]
     async fn wake_wakes_a_waiting_receiver_without_an_event() {
         let (tx, mut rx) = channel();
-        let woken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let waker = std::task::Waker::from(std::sync::Arc::new(Flag(woken.clone())));
+        let (woken, waker) = flag_waker();
         let mut cx = Context::from_waker(&waker);
         let mut buf = Vec::new();
         assert!(rx.poll_recv_many(&mut cx, &mut buf, 1).is_pending());
@@ -405,8 +402,7 @@ mod tests {
     #[tokio::test]
     async fn a_wake_batch_wakes_each_receiver_once_when_it_ends() {
         let (tx, mut rx) = channel();
-        let woken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let waker = std::task::Waker::from(std::sync::Arc::new(Flag(woken.clone())));
+        let (woken, waker) = flag_waker();
         let mut cx = Context::from_waker(&waker);
         let mut buf = Vec::new();
         assert!(rx.poll_recv_many(&mut cx, &mut buf, 10).is_pending());
@@ -430,6 +426,13 @@ mod tests {
         assert!(rx.poll_recv_many(&mut cx, &mut buf, 10).is_pending());
         tx.send(cancelled(3)).expect("open");
         assert!(woken.load(Ordering::Acquire));
+    }
+
+    /// A waker that sets the returned flag.
+    fn flag_waker() -> (std::sync::Arc<AtomicBool>, Waker) {
+        let woken = std::sync::Arc::new(AtomicBool::new(false));
+        let waker = Waker::from(std::sync::Arc::new(Flag(woken.clone())));
+        (woken, waker)
     }
 
     struct Flag(std::sync::Arc<AtomicBool>);
