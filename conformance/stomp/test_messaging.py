@@ -3,9 +3,11 @@ NACK, prefetch, transactions and receipts."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
-from conformance.support import unique
+from conformance.support import WAIT, deadline_for, unique
 
 VERSIONS = ["1.0", "1.1", "1.2"]
 
@@ -153,3 +155,58 @@ def test_a_stopped_subscriber_does_not_stall_its_sender(stomp_client):
     first = subscriber.events.message("the first message")
     assert first.body == "0"
     assert subscriber.events.messages.empty(), "prefetch 1 and no ack: one message only"
+
+
+@pytest.mark.parametrize("ack", ["auto", "client"])
+def test_unsubscribe_loses_no_message_in_flight(broker, ch, ack):
+    """UNSUBSCRIBE with a receipt right behind SUBSCRIBE on a deep queue:
+    by the RECEIPT, every message was either delivered or is ready again
+    (the unacknowledged stay with the connection, as in RabbitMQ)."""
+    name = unique("unsub")
+    ch.queue_declare(name)
+    n = 3000
+    for _ in range(n):
+        ch.basic_publish("", name, b"m")
+    sock = socket.create_connection((broker.stomp_host, broker.stomp_port), timeout=WAIT)
+    try:
+        sock.sendall(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0")
+        frames = StompFrames(sock)
+        assert frames.next("CONNECTED").startswith(b"CONNECTED\n")
+        sock.sendall(
+            f"SUBSCRIBE\nid:s\ndestination:/queue/{name}\nack:{ack}\n\n\0".encode()
+            + b"UNSUBSCRIBE\nid:s\nreceipt:r\n\n\0"
+        )
+        delivered = 0
+        while True:
+            frame = frames.next("MESSAGE frames, then the RECEIPT")
+            if frame.startswith(b"MESSAGE\n"):
+                delivered += 1
+            else:
+                assert frame.startswith(b"RECEIPT\n") and b"receipt-id:r\n" in frame, frame
+                break
+        left = ch.queue_declare(name, passive=True).method.message_count
+    finally:
+        sock.close()
+    assert delivered + left == n, f"{n - delivered - left} of {n} messages neither delivered nor ready"
+    ch.queue_delete(name)
+
+
+class StompFrames:
+    """Splits a raw STOMP stream into frames (bodies here hold no NUL)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def next(self, what: str) -> bytes:
+        left = deadline_for(what)
+        while b"\0" not in self.buf:
+            self.sock.settimeout(left())
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                continue  # left() names what was waited for
+            assert chunk, f"the broker closed the socket while waiting for {what}"
+            self.buf += chunk
+        frame, self.buf = self.buf.split(b"\0", 1)
+        return frame.lstrip(b"\r\n")

@@ -188,9 +188,7 @@ where
     // which no longer knows those consumers, returns them to their queues.
     rx.close();
     let mut discard = BytesMut::new();
-    while let Ok(event) = rx.try_recv() {
-        session.on_event(event, &mut discard);
-    }
+    rx.take_queued(|event| session.on_event(event, &mut discard));
     let _ = wr.shutdown().await;
 }
 
@@ -202,11 +200,8 @@ where
 /// with RabbitMQ. Nothing is handed to a cancelled consumer after its
 /// cancel, so every such delivery is queued by then.
 fn requeue_strays(rx: &mut EventStream, session: &mut Session, wbuf: &mut BytesMut) {
-    if !session.take_channel_closed() {
-        return;
-    }
-    while let Ok(event) = rx.try_recv() {
-        session.on_event(event, wbuf);
+    if session.take_channel_closed() {
+        rx.take_queued(|event| session.on_event(event, wbuf));
     }
 }
 

@@ -322,6 +322,13 @@ impl EventStream {
         }
     }
 
+    /// Hands `f` every event already queued, without waiting.
+    pub fn take_queued(&mut self, mut f: impl FnMut(Event)) {
+        while let Ok(event) = self.try_recv() {
+            f(event);
+        }
+    }
+
     /// Refuses further sends; what was sent before can still be taken.
     pub fn close(&mut self) {
         self.shared.lock().closed = true;

@@ -17,7 +17,7 @@ use super::codec::{Command, Item, StompCodec};
 use super::session::{Session, Settings};
 use crate::core::Broker;
 use crate::core::alarm::Alarms;
-use crate::core::event_channel::{Round, in_rounds};
+use crate::core::event_channel::{EventStream, Round, in_rounds};
 use crate::core::publisher_flow::{Wait, wait_for};
 
 /// Events taken from the connection's channel per wake-up.
@@ -118,7 +118,7 @@ where
                     last_read = Instant::now();
                     session.received(n);
                 }
-                held = decode_input(&mut codec, &mut rbuf, n == 0, &mut session, &mut wbuf, alarms.as_ref(), peer).await;
+                held = decode_input(&mut codec, &mut rbuf, n == 0, &mut session, &mut wbuf, alarms.as_ref(), peer, &mut rx).await;
                 if n == 0 {
                     eof = true;
                 }
@@ -129,7 +129,7 @@ where
                 last_read = Instant::now();
                 // Frames that came in behind the SEND that began the wait.
                 if !held {
-                    held = decode_input(&mut codec, &mut rbuf, eof, &mut session, &mut wbuf, alarms.as_ref(), peer).await;
+                    held = decode_input(&mut codec, &mut rbuf, eof, &mut session, &mut wbuf, alarms.as_ref(), peer, &mut rx).await;
                     behind = session.flow().take();
                 }
             }
@@ -145,7 +145,7 @@ where
                     held = false;
                     if behind.is_none() {
                         last_read = Instant::now();
-                        held = decode_input(&mut codec, &mut rbuf, eof, &mut session, &mut wbuf, alarms.as_ref(), peer).await;
+                        held = decode_input(&mut codec, &mut rbuf, eof, &mut session, &mut wbuf, alarms.as_ref(), peer, &mut rx).await;
                         behind = session.flow().take();
                     }
                 }
@@ -216,10 +216,10 @@ where
     // queues rather than vanish with the channel.
     rx.close();
     let mut discard = BytesMut::new();
-    while let Ok(event) = rx.try_recv() {
+    rx.take_queued(|event| {
         session.on_event(event, &mut discard);
         discard.clear();
-    }
+    });
     let _ = wr.shutdown().await;
 }
 
@@ -227,6 +227,12 @@ where
 /// Returns true when a SEND was handled during a resource alarm: the rest
 /// waits in `rbuf`. The consumers its SENDs reach get to run as it goes
 /// (`in_rounds`).
+///
+/// After frames that ended a subscription (UNSUBSCRIBE, DISCONNECT), the
+/// events already queued are handled too: deliveries made to it before it
+/// ended wait there, and `Session::on_event` gives those back to their
+/// queues, so they are ready again before its RECEIPT is written.
+#[allow(clippy::too_many_arguments)]
 async fn decode_input(
     codec: &mut StompCodec,
     rbuf: &mut BytesMut,
@@ -235,8 +241,9 @@ async fn decode_input(
     wbuf: &mut BytesMut,
     alarms: Option<&watch::Receiver<Alarms>>,
     peer: SocketAddr,
+    rx: &mut EventStream,
 ) -> bool {
-    in_rounds(|quota| {
+    let held = in_rounds(|quota| {
         let held = loop {
             let decoded = if at_eof {
                 codec.decode_eof(rbuf)
@@ -274,5 +281,9 @@ async fn decode_input(
         };
         Round::Done(held)
     })
-    .await
+    .await;
+    if session.take_unsubscribed() {
+        rx.take_queued(|event| session.on_event(event, wbuf));
+    }
+    held
 }

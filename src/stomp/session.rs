@@ -152,6 +152,9 @@ pub struct Session {
     write_allowed: WriteCache,
     /// Queues this connection's SENDs found behind (core/publisher_flow.rs).
     flow: PublisherFlow,
+    /// A subscription ended since the connection last looked: deliveries
+    /// made to it may wait among the events (`requeue_strays`).
+    pub(super) unsubscribed: bool,
 }
 
 /// Deliveries written for one consumer since the last socket write.
@@ -197,6 +200,7 @@ impl Session {
             temp_queues: HashMap::new(),
             declared: HashSet::new(),
             receipts: VecDeque::new(),
+            unsubscribed: false,
             durable: 0,
             sent: IdMap::default(),
             registration: None,
@@ -229,6 +233,10 @@ impl Session {
     /// The socket can be closed once the output is written.
     pub fn is_done(&self) -> bool {
         self.stage == Stage::Done
+    }
+    /// Whether a subscription ended since the last call.
+    pub fn take_unsubscribed(&mut self) -> bool {
+        std::mem::take(&mut self.unsubscribed)
     }
     /// The authenticated user, for logs.
     pub fn user_name(&self) -> Option<&str> {
@@ -801,6 +809,7 @@ impl Session {
         self.sub_keys.clear();
         for (id, sub) in self.subs.drain() {
             vhost.cancel(&sub.queue, id);
+            self.unsubscribed = true;
         }
         let held: Vec<u64> = self.outstanding.keys().copied().collect();
         self.settle_tags(&held, Settle::Requeue);

@@ -483,6 +483,7 @@ impl Session {
             .expect("subscription keys and subscriptions agree");
         let vhost = self.vhost();
         vhost.cancel(&sub.queue, consumer);
+        self.unsubscribed = true;
         for t in self.temp_queues.values_mut() {
             if Arc::ptr_eq(&t.queue, &sub.queue) {
                 t.subscribed = false;
