@@ -17,7 +17,7 @@ use crate::core::exchange::{BindingSpec, Destination, ExchangeKind, ExchangeSpec
 use crate::core::queue::{ConsumerSpec, Queue, QueueSpec, SharedCredit};
 use crate::core::{
     Access, ConsumerId, ConsumerTag, CoreError, Delivery, DeliveryId, ExchangeName, LaneInfo,
-    Message, Properties, Protocol, QueueName, RoutingKey, Settle, VHost,
+    Message, Properties, Protocol, QueueName, RoutingKey, Settle, VHost, detach_body,
 };
 
 /// The pseudo-queue RPC clients consume from for direct reply-to.
@@ -1167,8 +1167,9 @@ impl Session {
                 format!("FRAME_ERROR - body exceeds the announced size {size}"),
             ));
         }
-        // The common case, a body in one frame, keeps the read buffer's
-        // slice; only multi-frame bodies are copied together.
+        // The common case, a body in one frame, is a slice of the read
+        // buffer until the publish completes (`detach_body` decides then);
+        // multi-frame bodies are copied together.
         match pending.first.take() {
             None if pending.body.is_empty() => pending.first = Some(body),
             None => pending.body.extend_from_slice(&body),
@@ -1197,7 +1198,7 @@ impl Session {
         };
         let (_, mut props) = p.header.take().expect("complete only after the header");
         let body = match p.first.take() {
-            Some(b) => b,
+            Some(b) => detach_body(b),
             None => p.body.freeze(),
         };
         if let Some(claimed) = &props.user_id

@@ -38,7 +38,7 @@ use crate::core::sessions::SessionState;
 use crate::core::{
     Access, AuthError, Broker, ConnectionId, ConnectionInfo, ConsumerId, ConsumerTag, CoreError,
     Delivery, DeliveryId, Event, EventSink, ExchangeName, Headers, LaneInfo, Message, Protocol,
-    QueueName, Registration, RoutingKey, Settle, User, VHost, Value,
+    QueueName, Registration, RoutingKey, Settle, User, VHost, Value, detach_body,
 };
 
 /// The registry's state for every clean session: one shared marker, as
@@ -805,7 +805,7 @@ impl Session {
             ExchangeName::from(RETAINING_EXCHANGE),
             RoutingKey::from(key),
             props,
-            w.message.clone(),
+            detach_body(w.message.clone()),
         )
         .with_origin(self.client_id.clone());
         Ok(Will {
@@ -983,7 +983,7 @@ impl Session {
             ExchangeName::from(RETAINING_EXCHANGE),
             RoutingKey::from(key),
             core_props,
-            p.payload,
+            detach_body(p.payload),
         )
         .with_origin(self.client_id.clone());
         let vhost = self.vhost.clone().expect("open sessions have a vhost");
@@ -2074,6 +2074,32 @@ pub(crate) mod tests {
         assert_eq!(c.session.in_flight(), 0);
         let q = b.vhost("/").unwrap().queues();
         assert_eq!(q[0].unacked_count(), 0, "PUBACK settled the delivery");
+    }
+
+    /// A queued message may wait long: its short body must not keep the
+    /// packet's read buffer alive (core::detach_body).
+    #[tokio::test]
+    async fn a_queued_message_does_not_hold_its_read_buffer() {
+        let b = broker();
+        let mut c = Peer::new(&b, Settings::default());
+        c.connect("keeper", |_| {});
+        c.send(subscribe(1, "k/#", QoS::AtLeastOnce));
+        c.received();
+        let read_buffer = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+        let range = read_buffer.as_ptr_range();
+        let v5::Packet::Publish(mut p) = publish("k/1", QoS::AtLeastOnce, Some(1), b"") else {
+            unreachable!("publish() makes a PUBLISH")
+        };
+        p.payload = read_buffer.slice(100..200);
+        c.send(v5::Packet::Publish(p));
+        let Ok(Event::Deliver(d)) = c.events.try_recv() else {
+            panic!("the subscription got no delivery");
+        };
+        assert_eq!(d.message.body(), &[7u8; 100][..]);
+        assert!(
+            !range.contains(&d.message.body().as_ptr()),
+            "the queued body still points into the read buffer"
+        );
     }
 
     #[tokio::test]

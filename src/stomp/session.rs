@@ -23,7 +23,7 @@ use crate::core::publisher_flow::PublisherFlow;
 use crate::core::queue::Queue;
 use crate::core::{
     Access, Broker, ConnectionId, ConnectionInfo, ConsumerId, DeliveryId, Event, EventSink,
-    LaneInfo, Message, Protocol, Registration, Settle, User, VHost, WriteCache,
+    LaneInfo, Message, Protocol, Registration, Settle, User, VHost, WriteCache, detach_body,
 };
 
 /// Heart-beat intervals below this are raised to it, so that a client
@@ -568,7 +568,12 @@ impl Session {
             }
         };
         self.authorize(Access::Write, "exchange", &exchange)?;
-        let message = Message::new(exchange.into(), key.into(), props, frame.body.clone());
+        let message = Message::new(
+            exchange.into(),
+            key.into(),
+            props,
+            detach_body(frame.body.clone()),
+        );
         if let Some(tx) = frame.header("transaction") {
             let t = self.transaction(tx)?;
             t.bytes += frame.body.len();
