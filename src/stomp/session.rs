@@ -153,7 +153,7 @@ pub struct Session {
     /// Queues this connection's SENDs found behind (core/publisher_flow.rs).
     flow: PublisherFlow,
     /// A subscription ended since the connection last looked: deliveries
-    /// made to it may wait among the events (`requeue_strays`).
+    /// made to it may wait among the events (connection.rs, `decode_input`).
     pub(super) unsubscribed: bool,
 }
 
