@@ -105,20 +105,18 @@ where
                     Ok(n) => session.received(n),
                 }
                 last_read = Instant::now();
-                if !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer).await {
+                if !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer, &mut rx).await {
                     eof = true;
                 }
-                requeue_strays(&mut rx, &mut session, &mut wbuf);
                 behind = session.flow().take();
             }
             () = wait_for(&behind), if behind.is_some() => {
                 session.flow().waited(&mut behind);
                 last_read = Instant::now();
                 // Frames left in the buffer when the wait began.
-                if !session.is_held() && !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer).await {
+                if !session.is_held() && !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer, &mut rx).await {
                     eof = true;
                 }
-                requeue_strays(&mut rx, &mut session, &mut wbuf);
                 behind = session.flow().take();
             }
             r = alarms.changed() => {
@@ -129,10 +127,9 @@ where
                 // Frames held back while blocked are handled now, unless a
                 // wait for a queue's consumers takes them when it ends.
                 if !session.is_held() && behind.is_none() {
-                    if !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer).await {
+                    if !drain_frames(&mut codec, &mut rbuf, &mut session, &mut wbuf, peer, &mut rx).await {
                         eof = true;
                     }
-                    requeue_strays(&mut rx, &mut session, &mut wbuf);
                     behind = session.flow().take();
                 }
             }
@@ -192,29 +189,25 @@ where
     let _ = wr.shutdown().await;
 }
 
-/// After frames that closed a channel, handles the events already queued
-/// for the connection. Deliveries a queue handed the channel's consumers
-/// before the close (or before a basic.cancel ahead of it) wait there, and
-/// `Session::on_event` gives those of consumers no longer known back to
-/// their queues: they are ready again before the close-ok is written, as
-/// with RabbitMQ. Nothing is handed to a cancelled consumer after its
-/// cancel, so every such delivery is queued by then.
-fn requeue_strays(rx: &mut EventStream, session: &mut Session, wbuf: &mut BytesMut) {
-    if session.take_channel_closed() {
-        rx.take_queued(|event| session.on_event(event, wbuf));
-    }
-}
-
 /// Decodes and handles every complete frame in `rbuf`, stopping early when
 /// the session holds a publisher back. Returns false when the input is
 /// unusable and the connection must end.
 /// The consumers its publishes reach get to run as it goes (`in_rounds`).
+///
+/// After frames that closed a channel, the events already queued for the
+/// connection are handled too. Deliveries a queue handed the channel's
+/// consumers before the close (or before a basic.cancel ahead of it) wait
+/// there, and `Session::on_event` gives those of consumers no longer known
+/// back to their queues: they are ready again before the close-ok is
+/// written, as with RabbitMQ. Nothing is handed to a cancelled consumer
+/// after its cancel, so every such delivery is queued by then.
 async fn drain_frames(
     codec: &mut AmqpCodec,
     rbuf: &mut BytesMut,
     session: &mut Session,
     wbuf: &mut BytesMut,
     peer: SocketAddr,
+    rx: &mut EventStream,
 ) -> bool {
     let ok = in_rounds(|quota| {
         while !session.is_held() && !session.flow().is_behind() && !session.is_done() {
@@ -240,6 +233,9 @@ async fn drain_frames(
         Round::Done(true)
     })
     .await;
+    if session.take_channel_closed() {
+        rx.take_queued(|event| session.on_event(event, wbuf));
+    }
     session.flush_confirms(wbuf);
     ok
 }
