@@ -293,7 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         // Nothing to tidy while no buffer exists: an idle connection's
         // rounds make no box.
         if let Some(b) = &mut self.bufs.0 {
-            if b.writing.is_empty() {
+            if b.writing.is_empty() && !self.session.output_held() {
                 if b.write.is_empty() {
                     // Nothing more to send: the spent buffer goes.
                     b.writing = BytesMut::new();

@@ -49,16 +49,17 @@ pub(super) fn resume(
 /// recorded (fresh unless resumed); one that does not ends any recorded
 /// session of the same client id. A session resumed with an expiry of 0
 /// that `keeps_queue` is recorded with that expiry, so a restart before its
-/// connection ends expires it and deletes the queue.
+/// connection ends expires it and deletes the queue. Returns the journal
+/// position CONNACK must wait for, if anything was recorded.
 pub(super) fn connected(
     vhost: &VHost,
     client_id: &str,
     expiry_secs: u32,
     present: bool,
     keeps_queue: bool,
-) {
+) -> Option<LogPosition> {
     let name = client_id.to_owned();
-    vhost.record_session(if expiry_secs > 0 || keeps_queue {
+    let logged = vhost.record_session(if expiry_secs > 0 || keeps_queue {
         Change::SessionOpened {
             name,
             expiry_secs,
@@ -67,6 +68,7 @@ pub(super) fn connected(
     } else {
         Change::SessionEnded { name }
     });
+    logged.map(|l| l.seq)
 }
 
 /// The connection ended: a parked session records when it expires, one

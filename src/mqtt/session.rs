@@ -212,6 +212,9 @@ struct Flows {
     held_acks: VecDeque<(LogPosition, v5::Packet)>,
     /// The highest journal position known durable.
     durable: LogPosition,
+    /// Nothing goes out before the journal reaches this: the CONNACK of a
+    /// session whose record it must hold first, and all behind it.
+    output_held_until: LogPosition,
 }
 
 /// One MQTT connection's protocol state.
@@ -651,13 +654,18 @@ impl Session {
             // The bindings of a queue that outlived its session state.
             st.subscriptions.clear();
         }
-        super::durable::connected(
+        // CONNACK tells the client which session it has: a crash after it
+        // must find that session (or its end) in the journal, as an ack
+        // must find its message.
+        if let Some(at) = super::durable::connected(
             &vhost,
             &self.client_id,
             self.session_expiry,
             session_present,
             keep_queue,
-        );
+        ) {
+            self.flows().output_held_until = at;
+        }
 
         let ack = v5::ConnectAck {
             session_present,
@@ -1051,7 +1059,9 @@ impl Session {
             Some(at) if at > self.flows.as_ref().map_or(0, |f| f.durable) => {
                 self.flows().held_acks.push_back((at, packet));
             }
-            _ if self.awaits_durability() => self.flows().held_acks.push_back((0, packet)),
+            _ if self.flows.as_ref().is_some_and(|f| !f.held_acks.is_empty()) => {
+                self.flows().held_acks.push_back((0, packet));
+            }
             _ => self.write(packet, out),
         }
         Ok(())
@@ -1114,9 +1124,18 @@ impl Session {
         }
     }
 
-    /// Some ack waits for the journal.
+    /// Some ack, or all output, waits for the journal.
     pub fn awaits_durability(&self) -> bool {
-        self.flows.as_ref().is_some_and(|f| !f.held_acks.is_empty())
+        self.flows
+            .as_ref()
+            .is_some_and(|f| !f.held_acks.is_empty() || f.output_held_until > f.durable)
+    }
+
+    /// All output waits for the journal: the connection sends none.
+    pub fn output_held(&self) -> bool {
+        self.flows
+            .as_ref()
+            .is_some_and(|f| f.output_held_until > f.durable)
     }
 
     fn binding(&self, raw: &str, sub: &Subscription) -> BindingSpec {
@@ -1922,6 +1941,11 @@ pub(crate) mod tests {
 
     /// A broker with vhost "/" and guest, journalling nothing.
     pub(crate) fn broker() -> Arc<Broker> {
+        broker_with(Arc::new(NoLog))
+    }
+
+    /// A broker with vhost "/" and guest, journalling to `log`.
+    fn broker_with(log: Arc<dyn crate::core::change::ChangeLog>) -> Arc<Broker> {
         Broker::new(
             &["/"],
             Users::new([User {
@@ -1932,7 +1956,7 @@ pub(crate) mod tests {
                 vhosts: vec![],
             }]),
             Limits::default(),
-            Arc::new(NoLog),
+            log,
         )
     }
 
@@ -2374,6 +2398,74 @@ pub(crate) mod tests {
         assert!(farewell.will.is_none() && farewell.expiry.is_none());
         assert!(vhost.queue("mqtt-subscription-c12qos1").is_none());
         assert!(!vhost.sessions().contains("c12"));
+    }
+
+    /// Numbers records as a journal would and never makes them durable
+    /// by itself.
+    #[derive(Debug, Default)]
+    struct NumberingLog(std::sync::atomic::AtomicU64);
+
+    impl crate::core::change::ChangeLog for NumberingLog {
+        fn record(
+            &self,
+            _: &crate::core::VHostName,
+            _: crate::core::change::Change,
+        ) -> Option<crate::core::change::Logged> {
+            let seq = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            Some(crate::core::change::Logged {
+                seq,
+                segment: 0,
+                offset: 0,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn connack_waits_for_the_session_record_it_speaks_of() {
+        let log = Arc::new(NumberingLog::default());
+        let b = broker_with(log.clone());
+        let recorded = || log.0.load(std::sync::atomic::Ordering::Relaxed);
+        let mut clean = Peer::new(&b, Settings::default());
+        clean.connect("c40", |_| {});
+        assert!(
+            !clean.session.output_held(),
+            "a clean session records nothing"
+        );
+
+        let mut c = Peer::new(&b, Settings::default());
+        c.connect("c41", |c| {
+            c.clean_start = false;
+            c.session_expiry_interval_secs = 60;
+        });
+        let at = recorded();
+        assert!(
+            c.session.output_held(),
+            "a new durable session is recorded first"
+        );
+        assert!(
+            c.session.awaits_durability(),
+            "so the connection watches the journal"
+        );
+        c.session.set_durable(at - 1, &mut c.out);
+        assert!(
+            c.session.output_held(),
+            "held until its own record is durable"
+        );
+        c.session.set_durable(at, &mut c.out);
+        assert!(!c.session.output_held());
+        c.send(subscribe(1, "e/#", QoS::AtLeastOnce));
+        c.received();
+        c.session.set_durable(recorded(), &mut c.out);
+        drop(c.session.release());
+
+        // Resumed with an expiry of 0: a crash after CONNACK must find the
+        // session ending with this connection, not parked for a minute.
+        let mut again = Peer::new(&b, Settings::default());
+        let ack = again.connect("c41", |c| c.clean_start = false);
+        assert!(ack.session_present);
+        assert!(again.session.output_held());
+        again.session.set_durable(recorded(), &mut again.out);
+        assert!(!again.session.output_held());
     }
 
     #[tokio::test]
