@@ -331,14 +331,21 @@ impl Message {
     /// The same message with its body in an allocation of its own. A body
     /// that arrived in a read buffer is a slice of it and keeps the whole
     /// buffer (up to 64 KiB) alive: a message kept for long (a retained
-    /// one) should not hold the reads it came in with.
+    /// one) should not hold the reads it came in with. A short body that
+    /// `detach_body` already copied out is its allocation's only user and
+    /// is not copied again.
     pub fn with_own_body(&self) -> Self {
         let d = &self.0;
+        let body = if d.body.len() < DETACH_BELOW && d.body.is_unique() {
+            d.body.clone()
+        } else {
+            Bytes::copy_from_slice(&d.body)
+        };
         Self(Arc::new(MessageData {
             exchange: d.exchange.clone(),
             routing_key: d.routing_key.clone(),
             properties: d.properties.clone(),
-            body: Bytes::copy_from_slice(&d.body),
+            body,
             received: d.received,
             earlier: d.earlier,
             origin: d.origin.clone(),
@@ -395,6 +402,37 @@ mod tests {
         assert!(inside(&long), "a body of DETACH_BELOW bytes was copied");
         assert_eq!(long.as_ptr(), long_kept.as_ptr());
         assert!(detach_body(Bytes::new()).is_empty());
+    }
+
+    /// A body still in its read buffer is copied for keeping; one that
+    /// `detach_body` copied out already is kept as it is.
+    #[test]
+    fn a_kept_message_copies_only_a_body_still_in_its_read_buffer() {
+        let message = |body: Bytes| {
+            Message::new(
+                ExchangeName::from("amq.topic"),
+                RoutingKey::from("k"),
+                Properties::default(),
+                body,
+            )
+        };
+        let rbuf = Bytes::from(vec![3u8; 64 * 1024]);
+        let in_buffer = message(rbuf.slice(10..110));
+        let kept = in_buffer.with_own_body();
+        assert_eq!(kept.body(), in_buffer.body());
+        assert_ne!(
+            kept.body().as_ptr(),
+            in_buffer.body().as_ptr(),
+            "not copied"
+        );
+
+        let detached = message(detach_body(rbuf.slice(10..110)));
+        let kept = detached.with_own_body();
+        assert_eq!(
+            kept.body().as_ptr(),
+            detached.body().as_ptr(),
+            "a detached body was copied again"
+        );
     }
 
     fn with_headers(headers: Headers) -> Message {
