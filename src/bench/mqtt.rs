@@ -61,8 +61,6 @@ const SETTLE: Duration = Duration::from_secs(5);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Messages a second the slow subscriber handles while the publisher runs.
 const SLOW_RATE: u64 = 1000;
-/// Messages in the slow-subscriber scenario (fewer if `--messages` is lower).
-const SLOW_MESSAGES: u64 = 20_000;
 /// Prefetch of the AMQP consumer in the cross-protocol scenario.
 const AMQP_PREFETCH: u16 = 1000;
 /// Seconds; long enough that no scenario needs a PINGREQ.
@@ -601,10 +599,7 @@ pub async fn run(
     }
     let pid = std::process::id();
     let topic = format!("ferrymq-bench/{}/{pid}", scenario.name);
-    let count = match scenario.sink {
-        Sink::Mqtt { slow: true, .. } => budget.messages.min(SLOW_MESSAGES),
-        _ => budget.messages,
-    };
+    let count = budget.messages;
     let delivered = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
     let slow_flag = Arc::new(AtomicBool::new(true));
