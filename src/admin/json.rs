@@ -39,7 +39,7 @@ pub fn value_to_json(v: &Value) -> Json {
 pub fn headers_to_json(h: &Headers) -> Json {
     Json::Object(
         h.iter()
-            .map(|(k, v)| (k.clone(), value_to_json(v)))
+            .map(|(k, v)| (k.to_string(), value_to_json(v)))
             .collect::<Map<_, _>>(),
     )
 }
@@ -63,7 +63,7 @@ pub fn value_from_json(j: &Json) -> Value {
 /// A JSON object as a header map.
 pub fn headers_from_json(o: &Map<String, Json>) -> Headers {
     o.iter()
-        .map(|(k, v)| (k.clone(), value_from_json(v)))
+        .map(|(k, v)| (k.clone().into(), value_from_json(v)))
         .collect()
 }
 

@@ -14,7 +14,7 @@ pub fn headers_from_table(table: &FieldTable) -> Headers {
     table
         .inner()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), value_from_amqp(v)))
+        .map(|(k, v)| (k.as_str().to_owned().into(), value_from_amqp(v)))
         .collect()
 }
 
@@ -56,7 +56,7 @@ pub fn table_from_headers(headers: &Headers) -> FieldTable {
     for (k, v) in headers {
         // Header names come from other protocols too; a name AMQP cannot
         // carry (over 255 bytes) is skipped rather than breaking the frame.
-        if let Ok(key) = ShortString::try_new(k.as_str()) {
+        if let Ok(key) = ShortString::try_new(&**k) {
             table.insert(key, value_to_amqp(v));
         }
     }
@@ -123,7 +123,7 @@ pub fn from_amqp(p: &AMQPProperties) -> Properties {
 /// headers named after the property instead of being cut.
 pub fn to_amqp(p: &Properties) -> AMQPProperties {
     let mut headers = p.headers.clone();
-    let mut short = |name: &str, v: &Option<String>| -> Option<ShortString> {
+    let mut short = |name: &'static str, v: &Option<String>| -> Option<ShortString> {
         let v = v.as_ref()?;
         match ShortString::try_new(v.as_str()) {
             Ok(s) => Some(s),

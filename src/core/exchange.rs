@@ -134,14 +134,14 @@ impl HeadersMatch {
         };
         let args = arguments
             .iter()
-            .filter(|(k, _)| k.as_str() != "x-match" && (include_x || !k.starts_with("x-")))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter(|(k, _)| **k != "x-match" && (include_x || !k.starts_with("x-")))
+            .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
         Ok(Self { mode, args })
     }
 
     fn matches(&self, headers: &Headers) -> bool {
-        let check = |(k, want): &(String, Value)| match headers.get(k) {
+        let check = |(k, want): &(String, Value)| match headers.get(k.as_str()) {
             None => false,
             // A void binding argument asks only that the header be present.
             Some(_) if *want == Value::Void => true,
@@ -347,7 +347,7 @@ mod tests {
     fn headers(pairs: &[(&str, Value)]) -> Headers {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
+            .map(|(k, v)| (k.to_string().into(), v.clone()))
             .collect()
     }
 

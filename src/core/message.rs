@@ -95,7 +95,12 @@ impl Value {
 }
 
 /// Header map; ordered so that records and snapshots are deterministic.
-pub type Headers = litemap::LiteMap<String, Value>;
+pub type Headers = litemap::LiteMap<HeaderName, Value>;
+
+/// A header's name. The names the broker sets itself (an MQTT publish's
+/// QoS, a retained flag) are constants and cost no allocation per
+/// message; names from the wire are owned. Stored as a string is.
+pub type HeaderName = std::borrow::Cow<'static, str>;
 
 /// The properties every protocol can express, plus headers for the rest.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -450,7 +455,7 @@ mod tests {
 
     #[test]
     fn the_publish_qos_header_is_read_once_and_follows_every_copy() {
-        let qos = |v: Value| with_headers(Headers::from_iter([(PUBLISH_QOS_HEADER.to_owned(), v)]));
+        let qos = |v: Value| with_headers(Headers::from_iter([(PUBLISH_QOS_HEADER.into(), v)]));
         assert_eq!(qos(Value::U8(1)).publish_qos(), Some(1));
         // As AMQP clients may send it: another integer width.
         assert_eq!(qos(Value::I32(2)).publish_qos(), Some(2));
@@ -476,26 +481,27 @@ mod tests {
     #[test]
     fn headers_are_sorted_and_stored_as_a_b_tree_map_was() {
         let pairs = [
-            ("z".to_owned(), Value::U8(1)),
-            ("a".to_owned(), Value::Str("x".into())),
+            ("z", Value::U8(1)),
+            ("a", Value::Str("x".into())),
             (
-                "m".to_owned(),
-                Value::Table(Headers::from_iter([("k".to_owned(), Value::Bool(true))])),
+                "m",
+                Value::Table(Headers::from_iter([(
+                    HeaderName::Owned("k".to_owned()),
+                    Value::Bool(true),
+                )])),
             ),
         ];
-        let headers = Headers::from_iter(pairs.clone());
-        let keys: Vec<&str> = headers.keys().map(String::as_str).collect();
+        let headers =
+            Headers::from_iter(pairs.iter().map(|(k, v)| (HeaderName::from(*k), v.clone())));
+        let keys: Vec<&str> = headers.keys().map(|k| &**k).collect();
         assert_eq!(keys, ["a", "m", "z"]);
 
-        // Journals written while headers were a BTreeMap read back unchanged.
-        let old = std::collections::BTreeMap::from([
-            pairs[0].clone(),
-            pairs[1].clone(),
-            (
-                "m".to_owned(),
-                Value::Table(Headers::from_iter([("k".to_owned(), Value::Bool(true))])),
-            ),
-        ]);
+        // Journals written while headers were a BTreeMap of strings read
+        // back unchanged.
+        let old: std::collections::BTreeMap<String, Value> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         let old_bytes = postcard::to_stdvec(&old).expect("serialize");
         assert_eq!(postcard::to_stdvec(&headers).expect("serialize"), old_bytes);
         let back: Headers = postcard::from_bytes(&old_bytes).expect("deserialize");

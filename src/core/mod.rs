@@ -33,7 +33,7 @@ pub use change::{Change, ChangeLog, NoLog};
 pub use connections::{ConnectionInfo, Connections, LaneInfo, Protocol, Registration};
 pub use delivery::{Delivery, Event, EventSink, Settle};
 pub use error::{CoreError, CoreResult};
-pub use message::{Headers, Message, Properties, Value, detach_body};
+pub use message::{HeaderName, Headers, Message, Properties, Value, detach_body};
 pub use names::*;
 pub use stats::Stats;
 pub use vhost::{PublishOutcome, VHost};

@@ -1466,7 +1466,7 @@ mod tests {
     fn queue(args: &[(&str, Value)]) -> Arc<Queue> {
         let arguments: Headers = args
             .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
+            .map(|(k, v)| (k.to_string().into(), v.clone()))
             .collect();
         let parsed = QueueArgs::parse(&arguments).expect("valid arguments");
         Queue::new(
@@ -1843,7 +1843,7 @@ mod tests {
             ("x-expires", Value::I32(0)),
             ("x-message-ttl", Value::Str("soon".into())),
         ] {
-            let args: Headers = [(k.to_string(), v)].into_iter().collect();
+            let args: Headers = [(k.to_string().into(), v)].into_iter().collect();
             assert!(QueueArgs::parse(&args).is_err(), "{k} must be refused");
         }
     }

@@ -80,12 +80,12 @@ pub fn to_core(p: &Inbound<'_>) -> Properties {
         let v = Value::Str(v.to_string());
         match headers.get_mut(&**k) {
             None => {
-                headers.insert(k.to_string(), v);
+                headers.insert(k.to_string().into(), v);
             }
             Some(Value::Array(items)) => items.push(v),
             Some(first) => {
                 let first = std::mem::replace(first, Value::Void);
-                headers.insert(k.to_string(), Value::Array(vec![first, v]));
+                headers.insert(k.to_string().into(), Value::Array(vec![first, v]));
             }
         }
     }
@@ -156,7 +156,7 @@ pub fn to_mqtt(m: &Message) -> PublishProperties {
     let mut response_topic = None;
     let mut utf8 = false;
     for (k, v) in &p.headers {
-        match k.as_str() {
+        match &**k {
             PUBLISH_QOS | RETAIN_HEADER => {}
             REPLY_TO_TOPIC => match v.as_str() {
                 Some(key) => response_topic = Some(ByteString::from(swap_separators(key))),

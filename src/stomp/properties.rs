@@ -137,7 +137,7 @@ pub fn from_send(headers: &[(String, String)], now_ms: u64) -> Result<Properties
             other if FRAME_HEADERS.contains(&other) || PROPERTY_HEADERS.contains(&other) => {}
             other => {
                 p.headers
-                    .entry(other.to_owned())
+                    .entry(other.to_owned().into())
                     .or_insert_with(|| Value::Str(value.clone()));
             }
         }
@@ -235,7 +235,7 @@ pub fn write_message(
     opt(out, "user-id", &p.user_id);
     opt(out, "app-id", &p.app_id);
     for (name, value) in &p.headers {
-        if FRAME_HEADERS.contains(&name.as_str()) || PROPERTY_HEADERS.contains(&name.as_str()) {
+        if FRAME_HEADERS.contains(&&**name) || PROPERTY_HEADERS.contains(&&**name) {
             continue;
         }
         if let Some(text) = value_text(value) {

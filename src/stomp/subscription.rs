@@ -151,7 +151,7 @@ fn queue_params(
             } else {
                 continue;
             };
-        p.arguments.insert(name.clone(), arg);
+        p.arguments.insert(name.clone().into(), arg);
         p.explicit = true;
     }
     Ok(p)
