@@ -2480,6 +2480,7 @@ pub(crate) mod tests {
             "a refused topic leaves the last one in place"
         );
     }
+
     #[tokio::test]
     async fn connack_waits_for_the_session_record_it_speaks_of() {
         let log = Arc::new(NumberingLog::default());
