@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # MQTT side by side: ferrymq, Mosquitto, RabbitMQ's MQTT plugin and rumqttd,
 # the same load generator (src/bench/mqtt.rs) against each; markdown tables
-# with ferrymq's ratio to the fastest of the others at the end. All the
-# brokers are started first, then the runs go scenario by scenario, run by
-# run, one broker after the other (in reverse order every other run): a
-# row's figures are all taken within a minute or two, so a shared machine
-# whose speed drifts over minutes does not favour whichever broker happened
-# to run in its faster ones.
+# with ferrymq's ratio to the fastest of the others at the end. The runs go
+# scenario by scenario, run by run, one broker after the other (in reverse
+# order every other run): a row's figures are all taken within a minute or
+# two, so a shared machine whose speed drifts over minutes does not favour
+# whichever broker happened to run in its faster ones. Every scenario
+# starts on freshly started brokers: a broker that keeps the memory an
+# earlier scenario grew (rumqttd reached 8 GiB) otherwise leaves the others
+# only pages the machine has to fetch back from its host, which on this VM
+# (free page reporting) cost 5 times as much to touch as recently freed
+# ones (docs/benchmarks.md).
 #
 #   scripts/bench-mqtt.sh                        # all MQTT scenarios, 200k messages
 #   MESSAGES=50000 scripts/bench-mqtt.sh --scenario mqtt-qos1-1k
@@ -92,44 +96,13 @@ started() { # name addr pid [own args...]
     OWN_ARGS[$name]="$*"
 }
 
-# --- ferrymq ---------------------------------------------------------------
-if ! skipped ferrymq; then
-    mkdir -p "$TMP/ferrymq"
-    target/release/ferrymq serve --mqtt "127.0.0.1:$FERRYMQ_PORT" --amqp "127.0.0.1:$FERRYMQ_AMQP_PORT" \
-        --stomp off --http off --data-dir "$TMP/ferrymq" >"$TMP/ferrymq.log" 2>&1 &
-    FERRYMQ_STARTED=$!
-    track_pid "$FERRYMQ_STARTED"
-    if wait_port "127.0.0.1:$FERRYMQ_PORT" 20 ferrymq "$FERRYMQ_STARTED"; then
-        started ferrymq "127.0.0.1:$FERRYMQ_PORT" "$FERRYMQ_STARTED" --amqp "127.0.0.1:$FERRYMQ_AMQP_PORT"
-    else
-        tail -n 10 "$TMP/ferrymq.log" >&2 || true
-    fi
-fi
-
-# --- Mosquitto -------------------------------------------------------------
+# What the brokers need is installed, built and configured once, before
+# the first one starts.
 if ! skipped mosquitto; then
     command -v mosquitto >/dev/null || apt_install mosquitto
     printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$MOSQUITTO_PORT" >"$TMP/mosquitto.conf"
-    say "starting Mosquitto ($(dpkg-query -W -f '${Version}' mosquitto 2>/dev/null || echo '?')) on 127.0.0.1:$MOSQUITTO_PORT"
-    mosquitto -c "$TMP/mosquitto.conf" >"$TMP/mosquitto.log" 2>&1 &
-    MOSQUITTO_STARTED=$!
-    track_pid "$MOSQUITTO_STARTED"
-    if wait_port "127.0.0.1:$MOSQUITTO_PORT" 20 Mosquitto "$MOSQUITTO_STARTED"; then
-        started mosquitto "127.0.0.1:$MOSQUITTO_PORT" "$MOSQUITTO_STARTED"
-    else
-        tail -n 10 "$TMP/mosquitto.log" >&2 || true
-    fi
 fi
-
-# --- RabbitMQ with its MQTT plugin -----------------------------------------
-if ! skipped rabbitmq; then
-    if rabbit_start rabbitmq_mqtt "mqtt.listeners.tcp.1 = 127.0.0.1:$RABBIT_MQTT_PORT
-" "127.0.0.1:$RABBIT_MQTT_PORT"; then
-        started rabbitmq "127.0.0.1:$RABBIT_MQTT_PORT" "$RABBIT_PID" --amqp "127.0.0.1:$RABBIT_PORT"
-    fi
-fi
-
-# --- rumqttd ---------------------------------------------------------------
+RUMQTTD=""
 RUMQTTD_NOTE=""
 if ! skipped rumqttd; then
     RUMQTTD=${RUMQTTD_BIN:-$(command -v rumqttd || echo "$RUMQTTD_ROOT/bin/rumqttd")}
@@ -142,7 +115,7 @@ if ! skipped rumqttd; then
     fi
     if [[ -x "$RUMQTTD" ]]; then
         # The crate's sample configuration with one 3.1.1 listener.
-        cat >"$TMP/rumqttd.toml" <<EOF
+        cat >"$TMP/rumqttd.toml" <<TOML
 id = 0
 
 [router]
@@ -161,9 +134,52 @@ next_connection_delay_ms = 1
     max_payload_size = 20480
     max_inflight_count = 100
     dynamic_filters = true
-EOF
+TOML
+    else
+        RUMQTTD=""
+        RUMQTTD_NOTE="rumqttd: not built here, its column is empty."
+    fi
+fi
+
+# start_brokers: every broker not skipped, fresh (ferrymq and RabbitMQ on
+# empty data directories); BROKERS lists those that answered.
+start_brokers() {
+    BROKERS=()
+    FERRYMQ_STARTED="" MOSQUITTO_STARTED="" RUMQTTD_STARTED=""
+    if ! skipped ferrymq; then
+        rm -rf "$TMP/ferrymq"
+        mkdir -p "$TMP/ferrymq"
+        target/release/ferrymq serve --mqtt "127.0.0.1:$FERRYMQ_PORT" --amqp "127.0.0.1:$FERRYMQ_AMQP_PORT" \
+            --stomp off --http off --data-dir "$TMP/ferrymq" >>"$TMP/ferrymq.log" 2>&1 &
+        FERRYMQ_STARTED=$!
+        track_pid "$FERRYMQ_STARTED"
+        if wait_port "127.0.0.1:$FERRYMQ_PORT" 20 ferrymq "$FERRYMQ_STARTED"; then
+            started ferrymq "127.0.0.1:$FERRYMQ_PORT" "$FERRYMQ_STARTED" --amqp "127.0.0.1:$FERRYMQ_AMQP_PORT"
+        else
+            tail -n 10 "$TMP/ferrymq.log" >&2 || true
+        fi
+    fi
+    if ! skipped mosquitto; then
+        say "starting Mosquitto ($(dpkg-query -W -f '${Version}' mosquitto 2>/dev/null || echo '?')) on 127.0.0.1:$MOSQUITTO_PORT"
+        mosquitto -c "$TMP/mosquitto.conf" >>"$TMP/mosquitto.log" 2>&1 &
+        MOSQUITTO_STARTED=$!
+        track_pid "$MOSQUITTO_STARTED"
+        if wait_port "127.0.0.1:$MOSQUITTO_PORT" 20 Mosquitto "$MOSQUITTO_STARTED"; then
+            started mosquitto "127.0.0.1:$MOSQUITTO_PORT" "$MOSQUITTO_STARTED"
+        else
+            tail -n 10 "$TMP/mosquitto.log" >&2 || true
+        fi
+    fi
+    if ! skipped rabbitmq; then
+        rm -rf "$TMP/rabbit/mnesia"
+        if rabbit_start rabbitmq_mqtt "mqtt.listeners.tcp.1 = 127.0.0.1:$RABBIT_MQTT_PORT
+" "127.0.0.1:$RABBIT_MQTT_PORT"; then
+            started rabbitmq "127.0.0.1:$RABBIT_MQTT_PORT" "$RABBIT_PID" --amqp "127.0.0.1:$RABBIT_PORT"
+        fi
+    fi
+    if [[ -n "$RUMQTTD" ]]; then
         say "starting rumqttd ($("$RUMQTTD" --version 2>/dev/null || echo '?')) on 127.0.0.1:$RUMQTTD_PORT"
-        "$RUMQTTD" -c "$TMP/rumqttd.toml" >"$TMP/rumqttd.log" 2>&1 &
+        "$RUMQTTD" -c "$TMP/rumqttd.toml" >>"$TMP/rumqttd.log" 2>&1 &
         RUMQTTD_STARTED=$!
         track_pid "$RUMQTTD_STARTED"
         if wait_port "127.0.0.1:$RUMQTTD_PORT" 20 rumqttd "$RUMQTTD_STARTED"; then
@@ -171,16 +187,23 @@ EOF
         else
             tail -n 10 "$TMP/rumqttd.log" >&2 || true
         fi
-    else
-        RUMQTTD_NOTE="rumqttd: not built here, its column is empty."
     fi
-fi
+}
+
+stop_brokers() {
+    local pid
+    for pid in "$FERRYMQ_STARTED" "$MOSQUITTO_STARTED" "$RUMQTTD_STARTED"; do
+        if [[ -n "$pid" ]]; then stop_tracked "$pid"; untrack_pid "$pid"; fi
+    done
+    skipped rabbitmq || rabbit_stop
+}
 
 # --- the runs --------------------------------------------------------------
 # Every other run takes the brokers in the reverse order, so that none is
 # always first after the wait. The cross-protocol scenario needs an AMQP
 # side: ferrymq and RabbitMQ only.
 for scenario in "${SCENARIOS[@]}"; do
+    start_brokers
     for ((run = 1; run <= ${RUNS:-3}; run++)); do
         wait_quiet
         order=("${BROKERS[@]}")
@@ -195,12 +218,9 @@ for scenario in "${SCENARIOS[@]}"; do
                 | tee -a "$TMP/$b.md" >&2
         done
     done
+    stop_brokers
 done
 say "load average after the runs $(load1)"
-for pid in "${FERRYMQ_STARTED:-}" "${MOSQUITTO_STARTED:-}" "${RUMQTTD_STARTED:-}"; do
-    if [[ -n "$pid" ]]; then stop_tracked "$pid"; fi
-done
-skipped rabbitmq || rabbit_stop
 
 # --- the tables ------------------------------------------------------------
 compare_tables "ferrymq:ferrymq,mosquitto:Mosquitto,rabbitmq:RabbitMQ,rumqttd:rumqttd" \

@@ -7,6 +7,7 @@
 #   say, port_open, wait_port, stop_pid, apt_install
 #   load1, wait_quiet          the 1-minute load average; QUIET_WAIT/QUIET_LOAD
 #   track_pid PID              stopped (TERM, then KILL) by bench_cleanup
+#   untrack_pid PID            no longer (stopped already)
 #   rabbit_start / rabbit_stop a private RabbitMQ node (RABBIT_* variables)
 #   build_release              cargo build --release; sets BENCH
 #   bench_run LABEL PID ARGS…  one bounded run of the load generator
@@ -49,6 +50,14 @@ stop_pid() { # pid seconds: wait for it to go, then kill it
 }
 
 track_pid() { TRACKED_PIDS+=("$1"); }
+
+# untrack_pid PID: for a process stopped already, whose number the system
+# may hand to another by the time bench_cleanup runs.
+untrack_pid() {
+    local kept=() pid
+    for pid in "${TRACKED_PIDS[@]}"; do [[ $pid == "$1" ]] || kept+=("$pid"); done
+    TRACKED_PIDS=("${kept[@]}")
+}
 
 stop_tracked() { # pid: TERM, wait up to 10 s, KILL
     if kill -0 "$1" 2>/dev/null; then
