@@ -91,16 +91,12 @@ for b in ferrymq rabbitmq-classic rabbitmq-quorum; do : >"$TMP/$b.md"; : >"$TMP/
 # --- ferrymq ---------------------------------------------------------------
 if ! skipped ferrymq; then
     mkdir -p "$TMP/ferrymq"
-    target/release/ferrymq serve --amqp "127.0.0.1:$FERRYMQ_PORT" --mqtt off --stomp off --http off \
-        --data-dir "$TMP/ferrymq" >"$TMP/ferrymq.log" 2>&1 &
-    FERRYMQ_STARTED=$!
-    track_pid "$FERRYMQ_STARTED"
-    if wait_port "127.0.0.1:$FERRYMQ_PORT" 20 ferrymq "$FERRYMQ_STARTED"; then
-        run_broker ferrymq "127.0.0.1:$FERRYMQ_PORT" "$FERRYMQ_STARTED"
-    else
-        tail -n 10 "$TMP/ferrymq.log" >&2 || true
+    if start_tracked ferrymq "127.0.0.1:$FERRYMQ_PORT" "$TMP/ferrymq.log" \
+        target/release/ferrymq serve --amqp "127.0.0.1:$FERRYMQ_PORT" --mqtt off --stomp off --http off \
+        --data-dir "$TMP/ferrymq"; then
+        run_broker ferrymq "127.0.0.1:$FERRYMQ_PORT" "$STARTED_PID"
     fi
-    stop_tracked "$FERRYMQ_STARTED"
+    stop_tracked "$STARTED_PID"
     rm -rf "$TMP/ferrymq" # its journal: room for RabbitMQ's
 fi
 

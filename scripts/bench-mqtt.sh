@@ -149,26 +149,18 @@ start_brokers() {
     if ! skipped ferrymq; then
         rm -rf "$TMP/ferrymq"
         mkdir -p "$TMP/ferrymq"
-        target/release/ferrymq serve --mqtt "127.0.0.1:$FERRYMQ_PORT" --amqp "127.0.0.1:$FERRYMQ_AMQP_PORT" \
-            --stomp off --http off --data-dir "$TMP/ferrymq" >>"$TMP/ferrymq.log" 2>&1 &
-        FERRYMQ_STARTED=$!
-        track_pid "$FERRYMQ_STARTED"
-        if wait_port "127.0.0.1:$FERRYMQ_PORT" 20 ferrymq "$FERRYMQ_STARTED"; then
-            started ferrymq "127.0.0.1:$FERRYMQ_PORT" "$FERRYMQ_STARTED" --amqp "127.0.0.1:$FERRYMQ_AMQP_PORT"
-        else
-            tail -n 10 "$TMP/ferrymq.log" >&2 || true
-        fi
+        start_tracked ferrymq "127.0.0.1:$FERRYMQ_PORT" "$TMP/ferrymq.log" \
+            target/release/ferrymq serve --mqtt "127.0.0.1:$FERRYMQ_PORT" --amqp "127.0.0.1:$FERRYMQ_AMQP_PORT" \
+            --stomp off --http off --data-dir "$TMP/ferrymq" \
+            && started ferrymq "127.0.0.1:$FERRYMQ_PORT" "$STARTED_PID" --amqp "127.0.0.1:$FERRYMQ_AMQP_PORT"
+        FERRYMQ_STARTED=$STARTED_PID
     fi
     if ! skipped mosquitto; then
         say "starting Mosquitto ($(dpkg-query -W -f '${Version}' mosquitto 2>/dev/null || echo '?')) on 127.0.0.1:$MOSQUITTO_PORT"
-        mosquitto -c "$TMP/mosquitto.conf" >>"$TMP/mosquitto.log" 2>&1 &
-        MOSQUITTO_STARTED=$!
-        track_pid "$MOSQUITTO_STARTED"
-        if wait_port "127.0.0.1:$MOSQUITTO_PORT" 20 Mosquitto "$MOSQUITTO_STARTED"; then
-            started mosquitto "127.0.0.1:$MOSQUITTO_PORT" "$MOSQUITTO_STARTED"
-        else
-            tail -n 10 "$TMP/mosquitto.log" >&2 || true
-        fi
+        start_tracked Mosquitto "127.0.0.1:$MOSQUITTO_PORT" "$TMP/mosquitto.log" \
+            mosquitto -c "$TMP/mosquitto.conf" \
+            && started mosquitto "127.0.0.1:$MOSQUITTO_PORT" "$STARTED_PID"
+        MOSQUITTO_STARTED=$STARTED_PID
     fi
     if ! skipped rabbitmq; then
         rm -rf "$TMP/rabbit/mnesia"
@@ -179,14 +171,9 @@ start_brokers() {
     fi
     if [[ -n "$RUMQTTD" ]]; then
         say "starting rumqttd ($("$RUMQTTD" --version 2>/dev/null || echo '?')) on 127.0.0.1:$RUMQTTD_PORT"
-        "$RUMQTTD" -c "$TMP/rumqttd.toml" >>"$TMP/rumqttd.log" 2>&1 &
-        RUMQTTD_STARTED=$!
-        track_pid "$RUMQTTD_STARTED"
-        if wait_port "127.0.0.1:$RUMQTTD_PORT" 20 rumqttd "$RUMQTTD_STARTED"; then
-            started rumqttd "127.0.0.1:$RUMQTTD_PORT" "$RUMQTTD_STARTED" --mqtt-anonymous
-        else
-            tail -n 10 "$TMP/rumqttd.log" >&2 || true
-        fi
+        start_tracked rumqttd "127.0.0.1:$RUMQTTD_PORT" "$TMP/rumqttd.log" "$RUMQTTD" -c "$TMP/rumqttd.toml" \
+            && started rumqttd "127.0.0.1:$RUMQTTD_PORT" "$STARTED_PID" --mqtt-anonymous
+        RUMQTTD_STARTED=$STARTED_PID
     fi
 }
 

@@ -112,14 +112,10 @@ fi
 # --- ferrymq ---------------------------------------------------------------
 if ! skipped ferrymq; then
     mkdir -p "$TMP/ferrymq"
-    target/release/ferrymq serve --stomp "127.0.0.1:$FERRYMQ_PORT" --amqp off --mqtt off --http off \
-        --data-dir "$TMP/ferrymq" >"$TMP/ferrymq.log" 2>&1 &
-    FERRYMQ_STARTED=$!
-    track_pid "$FERRYMQ_STARTED"
-    if wait_port "127.0.0.1:$FERRYMQ_PORT" 20 ferrymq "$FERRYMQ_STARTED"; then
-        run_bench ferrymq "127.0.0.1:$FERRYMQ_PORT" "$FERRYMQ_STARTED" "$@" | tee "$TMP/ferrymq.md" >&2
-    else
-        tail -n 10 "$TMP/ferrymq.log" >&2 || true
+    if start_tracked ferrymq "127.0.0.1:$FERRYMQ_PORT" "$TMP/ferrymq.log" \
+        target/release/ferrymq serve --stomp "127.0.0.1:$FERRYMQ_PORT" --amqp off --mqtt off --http off \
+        --data-dir "$TMP/ferrymq"; then
+        run_bench ferrymq "127.0.0.1:$FERRYMQ_PORT" "$STARTED_PID" "$@" | tee "$TMP/ferrymq.md" >&2
     fi
 fi
 

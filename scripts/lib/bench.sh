@@ -8,6 +8,7 @@
 #   load1, wait_quiet          the 1-minute load average; QUIET_WAIT/QUIET_LOAD
 #   track_pid PID              stopped (TERM, then KILL) by bench_cleanup
 #   untrack_pid PID            no longer (stopped already)
+#   start_tracked WHAT ADDR LOG CMD…  CMD in the background, tracked, until ADDR answers
 #   rabbit_start / rabbit_stop a private RabbitMQ node (RABBIT_* variables)
 #   build_release              cargo build --release; sets BENCH
 #   bench_run LABEL PID ARGS…  one bounded run of the load generator
@@ -57,6 +58,21 @@ untrack_pid() {
     local kept=() pid
     for pid in "${TRACKED_PIDS[@]}"; do [[ $pid == "$1" ]] || kept+=("$pid"); done
     TRACKED_PIDS=("${kept[@]}")
+}
+
+# start_tracked WHAT ADDR LOG CMD...: runs CMD in the background with its
+# output appended to LOG, tracks it and waits (20 s) for ADDR to answer.
+# Sets STARTED_PID either way; fails, showing LOG's tail, when ADDR does
+# not answer.
+start_tracked() {
+    local what=$1 addr=$2 log=$3
+    shift 3
+    "$@" >>"$log" 2>&1 &
+    STARTED_PID=$!
+    track_pid "$STARTED_PID"
+    wait_port "$addr" 20 "$what" "$STARTED_PID" && return 0
+    tail -n 10 "$log" >&2 || true
+    return 1
 }
 
 stop_tracked() { # pid: TERM, wait up to 10 s, KILL
