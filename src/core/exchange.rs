@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::binding_options::TopicBinding;
 use super::error::{CoreError, CoreResult};
-use super::message::{Headers, Value};
+use super::message::{HeaderName, Headers, Value};
 use super::names::{ExchangeName, QueueName, RoutingKey};
 use super::queue::Queue;
 use super::topic_trie::TopicTrie;
@@ -116,7 +116,7 @@ enum MatchMode {
 #[derive(Clone, Debug)]
 struct HeadersMatch {
     mode: MatchMode,
-    args: Vec<(String, Value)>,
+    args: Vec<(HeaderName, Value)>,
 }
 
 impl HeadersMatch {
@@ -135,13 +135,13 @@ impl HeadersMatch {
         let args = arguments
             .iter()
             .filter(|(k, _)| **k != "x-match" && (include_x || !k.starts_with("x-")))
-            .map(|(k, v)| (k.to_string(), v.clone()))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         Ok(Self { mode, args })
     }
 
     fn matches(&self, headers: &Headers) -> bool {
-        let check = |(k, want): &(String, Value)| match headers.get(k.as_str()) {
+        let check = |(k, want): &(HeaderName, Value)| match headers.get(&**k) {
             None => false,
             // A void binding argument asks only that the header be present.
             Some(_) if *want == Value::Void => true,
